@@ -1,0 +1,420 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The station file: one TOML file per station, validated with pydantic.
+
+Every problem is reported at once, each with the file, the line where the key stands (when it
+can be found), the key path (``instrument[2].poll_interval``, indexes 0-based as in the file's
+order) and what is expected. Unknown keys and TOML syntax errors are problems like any other,
+never a traceback. `config/station.example.toml` documents every key.
+"""
+
+import re
+import tomllib
+from collections.abc import Generator, Iterator, Sequence
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gateway.errors import ConfigError, ConfigProblem
+
+_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+Identifier = Annotated[str, Field(pattern=_ID_PATTERN)]
+PositiveSeconds = Annotated[float, Field(gt=0, le=86_400)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+
+
+class StationSection(_Model):
+    """``[station]``: who this station is."""
+
+    id: Identifier
+    name: str = ""
+    data_dir: Path = Path("/var/lib/metrogate")
+
+
+class StoreSection(_Model):
+    """``[store]``: where readings are made durable."""
+
+    url: str | None = None
+    batch_max: int = Field(default=5000, ge=1, le=100_000)
+    batch_latency: float = Field(default=0.05, ge=0, le=10)
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("sqlite:///", "postgresql")):
+            msg = "expected sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
+            raise ValueError(msg)
+        return url
+
+
+class UpstreamSection(_Model):
+    """``[upstream]``: the MQTT broker readings are forwarded to."""
+
+    broker: str = "mqtt://127.0.0.1:1883"
+    client_id: str | None = None
+    protocol: Literal[5, 311] = 5
+    topic_prefix: str = "metrogate/v1"
+    keepalive: int = Field(default=30, ge=5, le=3600)
+    max_readings_per_message: int = Field(default=500, ge=1, le=10_000)
+    max_inflight: int = Field(default=16, ge=1, le=256)
+    publish_timeout: PositiveSeconds = 10.0
+    flush_timeout: PositiveSeconds = 10.0
+    status_interval: PositiveSeconds = 30.0
+    reconnect_min: PositiveSeconds = 0.5
+    reconnect_max: PositiveSeconds = 30.0
+    username: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, broker: str) -> str:
+        parts = urlsplit(broker)
+        if parts.scheme not in {"mqtt", "mqtts"} or not parts.hostname:
+            msg = "expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"
+            raise ValueError(msg)
+        return broker
+
+    @property
+    def host(self) -> str:
+        """The broker's host name."""
+        return urlsplit(self.broker).hostname or ""
+
+    @property
+    def port(self) -> int:
+        """The broker's TCP port (1883, or 8883 for mqtts, unless given)."""
+        parts = urlsplit(self.broker)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        """Whether the connection uses TLS."""
+        return urlsplit(self.broker).scheme == "mqtts"
+
+
+class SerialBus(_Model):
+    """A serial line (RS-232, or RS-485 through an adapter)."""
+
+    id: Identifier
+    kind: Literal["serial"]
+    port: str
+    baudrate: int = Field(default=9600, gt=0)
+    bytesize: Literal[7, 8] = 8
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    xonxoff: bool = False
+    timeout: PositiveSeconds = 1.0
+
+
+class ModbusTcpBus(_Model):
+    """A Modbus TCP connection (a meter, or a TCP-to-RTU gateway with several unit ids)."""
+
+    id: Identifier
+    kind: Literal["modbus-tcp"]
+    host: str
+    port: int = Field(default=502, gt=0, lt=65536)
+    timeout: PositiveSeconds = 1.0
+
+
+Bus = Annotated[SerialBus | ModbusTcpBus, Field(discriminator="kind")]
+
+
+class Channel(_Model):
+    """``[[instrument.channel]]``: one quantity of an instrument that becomes readings."""
+
+    id: Identifier
+    source: str | None = None
+    quantity: str = Field(min_length=1)
+    unit: str = Field(min_length=1)
+    resolution: float = Field(ge=0)
+    certificate: str | None = None
+    coverage_factor: float = Field(default=2.0, gt=0, le=10)
+
+
+class Instrument(_Model):
+    """``[[instrument]]``: a device on a bus and the channels read from it."""
+
+    id: Identifier
+    bus: str
+    driver: Literal["mtsics", "modbus"]
+    poll_interval: PositiveSeconds = 1.0
+    model: str = ""
+    serial_number: str = ""
+    command: Literal["S", "SI"] = "S"
+    unit_id: int = Field(default=1, ge=0, le=247)
+    register_map: str | None = None
+    channel: list[Channel] = Field(min_length=1)
+
+
+class PointConfig(_Model):
+    """One calibration point of a certificate."""
+
+    x: float
+    c: float
+    U: float = Field(gt=0)  # noqa: N815 - U is the GUM's symbol for expanded uncertainty
+    k: float = Field(default=2.0, gt=0)
+
+
+def _start_of(day: date | datetime) -> datetime:
+    if isinstance(day, datetime):
+        return day if day.tzinfo else day.replace(tzinfo=UTC)
+    return datetime.combine(day, time(0), tzinfo=UTC)
+
+
+def _end_of(day: date | datetime) -> datetime:
+    if isinstance(day, datetime):
+        return day if day.tzinfo else day.replace(tzinfo=UTC)
+    return datetime.combine(day, time(0), tzinfo=UTC) + timedelta(days=1, microseconds=-1)
+
+
+class CertificateConfig(_Model):
+    """``[[certificate]]``: a calibration certificate given as points.
+
+    Dates are UTC days, both ends inclusive; a datetime with an offset is taken as given.
+    """
+
+    id: str = Field(min_length=1)
+    kind: Literal["calibration", "verification", "in-house"] = "calibration"
+    issuer: str = ""
+    accreditation: str = ""
+    valid_from: date | datetime
+    valid_until: date | datetime
+    unit: str = Field(min_length=1)
+    abscissa: Literal["indication", "reference"] = "indication"
+    convention: Literal["correction", "error"] = "correction"
+    point_correlation: float = Field(default=1.0, ge=0, le=1)
+    interpolation_u: float | None = Field(default=None, ge=0)
+    points: list[PointConfig] = Field(min_length=1)
+
+    @property
+    def valid_from_utc(self) -> datetime:
+        """Start of validity as an aware UTC datetime."""
+        return _start_of(self.valid_from)
+
+    @property
+    def valid_until_utc(self) -> datetime:
+        """End of validity (inclusive) as an aware UTC datetime."""
+        return _end_of(self.valid_until)
+
+
+class StationConfig(_Model):
+    """A whole station file."""
+
+    station: StationSection
+    store: StoreSection = StoreSection()
+    upstream: UpstreamSection = UpstreamSection()
+    bus: list[Bus] = Field(default_factory=list)
+    instrument: list[Instrument] = Field(default_factory=list)
+    certificate: list[CertificateConfig] = Field(default_factory=list)
+
+    @property
+    def store_url(self) -> str:
+        """The store URL, defaulting to ``DATA_DIR/metrogate.db``."""
+        return self.store.url or f"sqlite:///{self.station.data_dir / 'metrogate.db'}"
+
+    def bus_by_id(self, bus_id: str) -> SerialBus | ModbusTcpBus:
+        """Return the bus named `bus_id` (the file was validated, so it exists)."""
+        return next(bus for bus in self.bus if bus.id == bus_id)
+
+    def certificate_by_id(self, certificate_id: str) -> CertificateConfig:
+        """Return the certificate named `certificate_id`."""
+        return next(cert for cert in self.certificate if cert.id == certificate_id)
+
+
+DRIVER_BUS_KIND = {"mtsics": "serial", "modbus": "modbus-tcp"}
+DRIVER_DEFAULT_SOURCE = {"mtsics": "weight"}
+
+
+def load_config(path: str | Path) -> StationConfig:
+    """Read and validate a station file.
+
+    Raises:
+        ConfigError: listing every problem found (syntax, types, unknown keys, references).
+    """
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(file, "", f"cannot read file: {exc.strerror}")]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([ConfigProblem(file, "", "not UTF-8 text")]) from exc
+    return parse_config(text, file=file, base_dir=Path(path).parent)
+
+
+def parse_config(text: str, *, file: str = "<string>", base_dir: Path | None = None) -> StationConfig:
+    """Validate the text of a station file; see `load_config`."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        line = int(match.group(1)) if match else None
+        message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+        raise ConfigError([ConfigProblem(file, "", f"TOML syntax: {message}", line)]) from exc
+    lines = _KeyLines(text)
+    try:
+        config = StationConfig.model_validate(document)
+    except ValidationError as exc:
+        problems = [
+            _problem(file, lines, tuple(error["loc"]), _describe(error))
+            for error in exc.errors(include_url=False)
+        ]
+        raise ConfigError(problems) from exc
+    problems = [
+        _problem(file, lines, loc, message)
+        for loc, message in check_references(config, base_dir or Path())
+    ]
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def check_references(config: StationConfig, base_dir: Path) -> Iterator[tuple[tuple[Any, ...], str]]:
+    """Yield (location, message) for every inconsistency between sections."""
+    yield from _duplicates("bus", [bus.id for bus in config.bus])
+    yield from _duplicates("instrument", [instrument.id for instrument in config.instrument])
+    yield from _duplicates("certificate", [cert.id for cert in config.certificate])
+    buses = {bus.id: bus for bus in config.bus}
+    certificates = {cert.id: cert for cert in config.certificate}
+    for index, cert in enumerate(config.certificate):
+        if cert.valid_until_utc < cert.valid_from_utc:
+            yield ("certificate", index, "valid_until"), "must not be before valid_from"
+        xs = [point.x for point in cert.points]
+        if len(set(xs)) != len(xs):
+            yield ("certificate", index, "points"), "two points have the same x"
+    for index, instrument in enumerate(config.instrument):
+        where: tuple[Any, ...] = ("instrument", index)
+        bus = buses.get(instrument.bus)
+        if bus is None:
+            known = ", ".join(sorted(buses)) or "none defined"
+            yield (*where, "bus"), f'no bus "{instrument.bus}" (known: {known})'
+        elif bus.kind != DRIVER_BUS_KIND[instrument.driver]:
+            yield (
+                (*where, "bus"),
+                f'driver "{instrument.driver}" needs a {DRIVER_BUS_KIND[instrument.driver]} bus, '
+                f'"{bus.id}" is {bus.kind}',
+            )
+        sources = yield from _sources(instrument, where, base_dir)
+        yield from _duplicates((*where, "channel"), [channel.id for channel in instrument.channel])
+        for number, channel in enumerate(instrument.channel):
+            at = (*where, "channel", number)
+            source = channel.source or DRIVER_DEFAULT_SOURCE.get(instrument.driver)
+            if source is None:
+                yield (*at, "source"), "required for this driver (a register-map entry name)"
+            elif sources is not None and source not in sources:
+                yield (*at, "source"), f'"{source}" unknown; expected one of {sorted(sources)}'
+            if channel.certificate is None:
+                continue
+            cert = certificates.get(channel.certificate)
+            if cert is None:
+                yield (*at, "certificate"), f'no certificate "{channel.certificate}" in this file'
+            elif cert.unit != channel.unit:
+                yield (
+                    (*at, "unit"),
+                    f'"{channel.unit}" differs from certificate {cert.id} unit "{cert.unit}"',
+                )
+
+
+def _sources(
+    instrument: Instrument, where: tuple[Any, ...], base_dir: Path
+) -> Generator[tuple[tuple[Any, ...], str], None, set[str] | None]:
+    """Yield map problems; return the source names the driver offers (None: not checkable)."""
+    if instrument.driver == "mtsics":
+        return {"weight"}
+    if instrument.register_map is None:
+        yield (*where, "register_map"), "required for driver modbus (e.g. \"sdm630\" or a path)"
+        return None
+    from gateway.instruments import RegisterMapError, resolve_register_map  # noqa: PLC0415
+
+    try:
+        register_map = resolve_register_map(instrument.register_map, base_dir)
+    except RegisterMapError as exc:
+        yield (*where, "register_map"), str(exc)
+        return None
+    return set(register_map.entries)
+
+
+def _duplicates(where: str | tuple[Any, ...], ids: Sequence[str]) -> Iterator[tuple[tuple[Any, ...], str]]:
+    prefix = (where,) if isinstance(where, str) else where
+    seen: set[str] = set()
+    for index, item in enumerate(ids):
+        if item in seen:
+            yield (*prefix, index, "id"), f'duplicate id "{item}"'
+        seen.add(item)
+
+
+def _describe(error: Any) -> str:  # noqa: ANN401 - pydantic's ErrorDetails is a TypedDict
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling against config/station.example.toml)"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "union_tag_invalid":
+        return f"kind must be one of {error['ctx']['expected_tags']}"
+    value = error.get("input")
+    shown = "" if isinstance(value, dict | list) else f" (got {value!r})"
+    return f"{error['msg']}{shown}"
+
+
+def _problem(file: str, lines: "_KeyLines", loc: tuple[Any, ...], message: str) -> ConfigProblem:
+    loc = tuple(part for part in loc if part not in {"serial", "modbus-tcp"})
+    return ConfigProblem(file, format_path(loc), message, lines.find(loc))
+
+
+def format_path(loc: Sequence[Any]) -> str:
+    """Render a location tuple as ``instrument[2].channel[0].unit``."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+class _KeyLines:
+    """Where keys stand in the TOML text, so problems can name a line.
+
+    A light scan, not a TOML parser: it follows ``[table]`` and ``[[array.of.tables]]``
+    headers and ``key =`` lines, which is how station files are written. Keys inside inline
+    tables resolve to the line of the key that holds them.
+    """
+
+    _HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\-]+)\s*\]\]?")
+    _KEY = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*=")
+
+    def __init__(self, text: str) -> None:
+        self._lines: dict[tuple[Any, ...], int] = {}
+        counters: dict[tuple[Any, ...], int] = {}
+        table: tuple[Any, ...] = ()
+        for number, line in enumerate(text.splitlines(), start=1):
+            if header := self._HEADER.match(line):
+                table = self._resolve(header.group(2).split("."), counters)
+                if header.group(1) == "[[":
+                    counters[table] = counters.get(table, -1) + 1
+                    table = (*table, counters[table])
+                self._lines.setdefault(table, number)
+            elif key := self._KEY.match(line):
+                self._lines.setdefault((*table, key.group(1)), number)
+
+    @staticmethod
+    def _resolve(names: list[str], counters: dict[tuple[Any, ...], int]) -> tuple[Any, ...]:
+        """Path of a header, entering the current element of every array of tables on it."""
+        path: tuple[Any, ...] = ()
+        for depth, name in enumerate(names, start=1):
+            path = (*path, name)
+            if path in counters and depth < len(names):
+                path = (*path, counters[path])
+        return path
+
+    def find(self, loc: tuple[Any, ...]) -> int | None:
+        for end in range(len(loc), 0, -1):
+            if (line := self._lines.get(loc[:end])) is not None:
+                return line
+        return None

@@ -1,0 +1,167 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The station daemon: wires store, pipeline, forwarder and bus workers, and stops cleanly.
+
+Start: open the store (refuse to run if it cannot be written), continue the hash chain from
+its head, start the forwarder, the pipeline and one worker per bus, tell systemd READY=1
+and ping its watchdog while the event loop is alive.
+
+Stop (SIGTERM, SIGINT or the caller's event): stop polling, commit what was acquired, give
+the forwarder up to ``flush_timeout`` seconds to get every committed reading acknowledged
+(what remains stays in the outbox for the next start), publish the offline status, close the
+store. Exit status 0; 1 when the store failed (acquisition stopped rather than drop
+readings).
+"""
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gateway.config import StationConfig
+from gateway.errors import StoreError
+from gateway.forward import Forwarder
+from gateway.instruments import Link, channel_specs, link_opener, make_driver
+from gateway.pipeline import Pipeline
+from gateway.scheduler import BusWorker, InstrumentHealth
+from gateway.stamp import Stamper
+from gateway.store import AsyncStore, redact
+from gateway.systemd import notify, watchdog_period
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_STORE = 1
+
+
+class Station:
+    """One running station; `run` until `stop` is set."""
+
+    def __init__(self, config: StationConfig, *, base_dir: Path = Path()) -> None:
+        self.config = config
+        self.base_dir = base_dir
+        self.health: dict[str, InstrumentHealth] = {}
+        self.pipeline: Pipeline | None = None
+        self.forwarder: Forwarder | None = None
+        self.ready = asyncio.Event()
+
+    def health_snapshot(self) -> dict[str, Any]:
+        """Instrument health as published on the status topic."""
+        return {name: health.snapshot() for name, health in self.health.items()}
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Run until `stop` is set or the store fails; return the exit status."""
+        config = self.config
+        url = config.store_url
+        try:
+            store = await AsyncStore.open(url, station=config.station.id)
+            last_seq, last_hash = await store.call(store.store.head)
+            forwarded = await store.call(store.store.forwarded_seq)
+        except StoreError as exc:
+            log.error("cannot start: %s", exc)  # noqa: TRY400 - the message is the diagnosis
+            return EXIT_STORE
+        log.info("store %s: %d readings, %d not yet forwarded", redact(url), last_seq,
+                 last_seq - forwarded)
+        forwarder = Forwarder(config.upstream, config.station.id, store,
+                              forwarded_seq=forwarded, health=self.health_snapshot)
+        pipeline = Pipeline(
+            store, Stamper(config.station.id, last_seq=last_seq, last_hash=last_hash),
+            batch_max=config.store.batch_max, batch_latency=config.store.batch_latency,
+            on_commit=forwarder.notify,
+        )
+        self.pipeline, self.forwarder = pipeline, forwarder
+        forward_task = asyncio.create_task(forwarder.run(), name="forwarder")
+        pipeline_task = asyncio.create_task(pipeline.run(), name="pipeline")
+        bus_tasks = [asyncio.create_task(worker.run(), name=f"bus {worker.bus_id}")
+                     for worker in self._workers(pipeline)]
+        watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
+        stop_task = asyncio.create_task(stop.wait(), name="stop")
+        notify("READY=1\nSTATUS=polling")
+        self.ready.set()
+        log.info("station %s running: %d buses, %d instruments", config.station.id,
+                 len(bus_tasks), len(config.instrument))
+        status = EXIT_OK
+        try:
+            await asyncio.wait([stop_task, pipeline_task, *bus_tasks],
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            notify("STOPPING=1")
+            await _cancel(*bus_tasks, stop_task)
+            status = await self._finish_pipeline(pipeline, pipeline_task)
+            if status == EXIT_OK:
+                flushed = await forwarder.wait_forwarded(pipeline.last_seq,
+                                                         config.upstream.flush_timeout)
+                if not flushed:
+                    log.warning("stopping with %d readings not yet acknowledged by the "
+                                "broker; they stay in the outbox for the next start",
+                                pipeline.last_seq - forwarder.forwarded_seq)
+            await _cancel(forward_task, watchdog)
+            await store.aclose()
+            for task in bus_tasks:
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]  # a bug: fail loudly
+        log.info("station %s stopped: %d readings committed this run, forwarded up to seq %d",
+                 config.station.id, pipeline.committed, forwarder.forwarded_seq)
+        return status
+
+    def _workers(self, pipeline: Pipeline) -> list[BusWorker]:
+        config, base_dir = self.config, self.base_dir
+        workers = []
+        for bus in config.bus:
+            members = [(instrument, channel_specs(config, instrument))
+                       for instrument in config.instrument if instrument.bus == bus.id]
+            if not members:
+                continue
+
+            def driver_for(instrument: Any, link: Link) -> Any:  # noqa: ANN401
+                return make_driver(instrument, link, base_dir)
+
+            workers.append(BusWorker(bus.id, members, open_link=link_opener(bus),
+                                     make_driver=driver_for, submit=pipeline.submit,
+                                     health=self.health))
+        return workers
+
+    @staticmethod
+    async def _finish_pipeline(pipeline: Pipeline, task: asyncio.Task[None]) -> int:
+        """Commit what was acquired; return EXIT_STORE if the store failed."""
+        if task.done():
+            exc = task.exception()
+            if isinstance(exc, StoreError):
+                log.error("acquisition stopped: %s", exc)  # noqa: TRY400
+                return EXIT_STORE
+            if exc is not None:
+                raise exc
+        await pipeline.close()
+        try:
+            await task
+        except StoreError as exc:
+            log.error("acquisition stopped: %s", exc)  # noqa: TRY400
+            return EXIT_STORE
+        return EXIT_OK
+
+    @staticmethod
+    async def _watchdog() -> None:
+        period = watchdog_period()
+        if period is None:
+            return
+        while True:
+            notify("WATCHDOG=1")
+            await asyncio.sleep(period)
+
+
+async def _cancel(*tasks: asyncio.Task[Any]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def install_signal_handlers(stop: asyncio.Event, on_reload: Callable[[], None]) -> None:
+    """SIGTERM and SIGINT stop the station; SIGHUP calls `on_reload`."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_reload)

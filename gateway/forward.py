@@ -1,0 +1,218 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Forwarding the outbox upstream over MQTT (aiomqtt, QoS 1), losing nothing.
+
+The store is the outbox. The forwarder reads a window of committed readings above the
+``forwarded_seq`` mark, publishes them as JSON arrays on
+``<prefix>/<station>/<instrument>/readings`` (consecutive readings of one instrument share a
+message), waits for the broker's PUBACK of every message of the window, and only then moves
+the mark past the window. A broker that is down, refuses, or stalls past the publish timeout
+ends the session; the forwarder reconnects with exponential backoff and publishes the window
+again: delivery is at-least-once, and subscribers de-duplicate by reading ``id``.
+
+The retained ``<prefix>/<station>/status`` topic carries ``{"state": "online", ...}`` with
+instrument health while connected, ``{"state": "offline", ...}`` on a clean stop, and the
+same offline object as the MQTT last will when the station vanishes.
+"""
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import orjson
+
+from gateway.config import UpstreamSection
+from gateway.pipeline import rfc3339
+from gateway.stamp import published_payload
+from gateway.store import AsyncStore, Pending
+
+log = logging.getLogger(__name__)
+
+
+def readings_topic(prefix: str, station: str, instrument: str) -> str:
+    """Topic of an instrument's readings."""
+    return f"{prefix}/{station}/{instrument}/readings"
+
+
+def status_topic(prefix: str, station: str) -> str:
+    """Retained status topic of a station."""
+    return f"{prefix}/{station}/status"
+
+
+def group_messages(window: Sequence[Pending], max_per_message: int) -> list[tuple[str, list[Pending]]]:
+    """Split a window into messages: runs of one instrument, at most `max_per_message` each.
+
+    Readings of one instrument keep their seq order inside and across messages.
+    """
+    by_instrument: dict[str, list[Pending]] = {}
+    for item in window:
+        by_instrument.setdefault(item.instrument, []).append(item)
+    messages: list[tuple[str, list[Pending]]] = []
+    for instrument, items in by_instrument.items():
+        for start in range(0, len(items), max_per_message):
+            messages.append((instrument, items[start : start + max_per_message]))
+    return messages
+
+
+def read_secret(path: Path) -> str:
+    """Read a one-line secret (a password) from a file."""
+    return path.read_text(encoding="utf-8").strip()
+
+
+def tls_context(settings: UpstreamSection) -> ssl.SSLContext | None:
+    """Build the TLS context for an ``mqtts://`` broker (CA file, optional client cert)."""
+    if not settings.tls:
+        return None
+    context = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
+    if settings.cert_file is not None:
+        context.load_cert_chain(
+            str(settings.cert_file), str(settings.key_file) if settings.key_file else None
+        )
+    return context
+
+
+class Forwarder:
+    """Publishes committed readings; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: UpstreamSection,
+        station: str,
+        store: AsyncStore,
+        *,
+        forwarded_seq: int,
+        health: Callable[[], dict[str, Any]] = dict,
+        window: int = 5000,
+    ) -> None:
+        self._settings = settings
+        self._station = station
+        self._store = store
+        self._health = health
+        self._window = window
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Condition()
+        self.forwarded_seq = forwarded_seq
+        self.connected = False
+        self.published_messages = 0
+        self.reconnects = 0
+        prefix = settings.topic_prefix
+        self._status_topic = status_topic(prefix, station)
+
+    def notify(self, _seq: int = 0) -> None:
+        """Tell the forwarder new readings were committed."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Connect, forward, reconnect with backoff; runs until cancelled."""
+        failures = 0
+        while True:
+            try:
+                await self._session()
+            except aiomqtt.MqttError as exc:
+                self.connected = False
+                failures += 1
+                delay = min(self._settings.reconnect_max,
+                            self._settings.reconnect_min * 2 ** min(failures - 1, 10))
+                delay *= random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not cryptography
+                if failures == 1:
+                    log.warning("broker %s: %s; buffering in the store, retrying",
+                                self._settings.broker, exc)
+                else:
+                    log.info("broker %s still unreachable (%s); next try in %.1f s",
+                             self._settings.broker, exc, delay)
+                self.reconnects += 1
+                await asyncio.sleep(delay)
+            else:
+                failures = 0
+
+    def _client(self) -> aiomqtt.Client:
+        settings = self._settings
+        password = read_secret(settings.password_file) if settings.password_file else None
+        offline = orjson.dumps({"state": "offline", "station": self._station})
+        return aiomqtt.Client(
+            settings.host,
+            settings.port,
+            identifier=settings.client_id or f"metrogate-{self._station}",
+            protocol=(aiomqtt.ProtocolVersion.V5 if settings.protocol == 5  # noqa: PLR2004
+                      else aiomqtt.ProtocolVersion.V311),
+            will=aiomqtt.Will(self._status_topic, offline, qos=1, retain=True),
+            keepalive=settings.keepalive,
+            timeout=settings.publish_timeout,
+            username=settings.username,
+            password=password,
+            tls_context=tls_context(settings),
+            max_inflight_messages=max(settings.max_inflight, 20),
+            max_concurrent_outgoing_calls=settings.max_inflight,
+        )
+
+    async def _session(self) -> None:
+        async with self._client() as client:
+            self.connected = True
+            log.info("connected to broker %s", self._settings.broker)
+            await self._publish_status(client, "online")
+            try:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self._status_loop(client))
+                    group.create_task(self._forward_loop(client))
+            except asyncio.CancelledError:
+                # A clean stop: say so on the retained status topic before disconnecting,
+                # so the broker does not publish the last will.
+                with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                    async with asyncio.timeout(2.0):
+                        await self._publish_status(client, "offline")
+                raise
+            finally:
+                self.connected = False
+
+    async def _status_loop(self, client: aiomqtt.Client) -> None:
+        while True:
+            await asyncio.sleep(self._settings.status_interval)
+            await self._publish_status(client, "online")
+
+    async def _publish_status(self, client: aiomqtt.Client, state: str) -> None:
+        status = {
+            "state": state,
+            "station": self._station,
+            "time": rfc3339(datetime.now(UTC)),
+            "forwarded_seq": self.forwarded_seq,
+            "instruments": self._health(),
+        }
+        await client.publish(self._status_topic, orjson.dumps(status), qos=1, retain=True)
+
+    async def _forward_loop(self, client: aiomqtt.Client) -> None:
+        prefix, station = self._settings.topic_prefix, self._station
+        while True:
+            self._wake.clear()
+            window = await self._store.call(
+                self._store.store.pending, self.forwarded_seq, self._window
+            )
+            if not window:
+                await self._wake.wait()
+                continue
+            messages = group_messages(window, self._settings.max_readings_per_message)
+            async with asyncio.TaskGroup() as group:
+                for instrument, items in messages:
+                    payload = published_payload((item.hash, item.body) for item in items)
+                    group.create_task(client.publish(
+                        readings_topic(prefix, station, instrument), payload, qos=1
+                    ))
+            await self._store.call(self._store.store.mark_forwarded, window[-1].seq)
+            self.published_messages += len(messages)
+            async with self._progress:
+                self.forwarded_seq = window[-1].seq
+                self._progress.notify_all()
+
+    async def wait_forwarded(self, seq: int, timeout: float) -> bool:
+        """Wait until every reading up to `seq` is acknowledged; False on timeout."""
+        try:
+            async with asyncio.timeout(timeout), self._progress:
+                await self._progress.wait_for(lambda: self.forwarded_seq >= seq)
+        except TimeoutError:
+            return False
+        return True

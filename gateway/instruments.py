@@ -1,0 +1,130 @@
+# SPDX-License-Identifier: Apache-2.0
+"""From the station file to live objects: links for buses, drivers for instruments.
+
+This is the one place that knows which driver class serves which ``driver = "…"`` name and
+which transport serves which bus kind; adding a family means adding a line here.
+"""
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from calibration import Certificate
+from drivers.balances.mtsics import MtSicsBalance
+from drivers.modbus.instrument import ModbusInstrument
+from drivers.modbus.registermap import RegisterMap, RegisterMapError, load_builtin_map, load_map
+from drivers.reading import Instrument as Driver
+from drivers.transport import ByteStream, RegisterBus
+from drivers.transports.modbus import open_modbus_tcp
+from drivers.transports.serial import open_serial
+from gateway.config import (
+    DRIVER_DEFAULT_SOURCE,
+    CertificateConfig,
+    Instrument,
+    SerialBus,
+    StationConfig,
+)
+from gateway.config import ModbusTcpBus as ModbusTcpBusConfig
+from gateway.pipeline import ChannelSpec
+
+__all__ = [
+    "Link",
+    "RegisterMapError",
+    "certificate_model",
+    "channel_specs",
+    "link_opener",
+    "make_driver",
+    "resolve_register_map",
+]
+
+Link = ByteStream | RegisterBus
+
+
+def resolve_register_map(name: str, base_dir: Path) -> RegisterMap:
+    """Find a register map: a path (relative to the config directory), a ``NAME.toml`` file
+    dropped into the config directory, or a map shipped with metrogate.
+
+    Raises:
+        RegisterMapError: not found or malformed.
+    """
+    candidate = base_dir / name
+    if name.endswith(".toml"):
+        return load_map(candidate)
+    dropped = base_dir / f"{name}.toml"
+    if dropped.is_file():
+        return load_map(dropped)
+    return load_builtin_map(name)
+
+
+def link_opener(bus: SerialBus | ModbusTcpBusConfig) -> Callable[[], Awaitable[Link]]:
+    """Return a coroutine function that opens (or re-opens) the link of `bus`."""
+    if isinstance(bus, SerialBus):
+
+        async def open_serial_bus() -> Link:
+            return await open_serial(
+                bus.port, baudrate=bus.baudrate, bytesize=bus.bytesize, parity=bus.parity,
+                stopbits=bus.stopbits, xonxoff=bus.xonxoff, timeout=bus.timeout,
+            )
+
+        return open_serial_bus
+
+    async def open_modbus_bus() -> Link:
+        return await open_modbus_tcp(bus.host, bus.port, timeout=bus.timeout)
+
+    return open_modbus_bus
+
+
+def make_driver(instrument: Instrument, link: Link, base_dir: Path) -> Driver:
+    """Create the driver of `instrument` on an open `link` of the right kind."""
+    if instrument.driver == "mtsics":
+        if not hasattr(link, "read_until"):
+            msg = f"instrument {instrument.id}: mtsics needs a byte stream"
+            raise TypeError(msg)
+        return MtSicsBalance(link, command=instrument.command)  # type: ignore[arg-type]  # checked above
+    register_map = resolve_register_map(str(instrument.register_map), base_dir)
+    sources = [_source(instrument, channel.source) for channel in instrument.channel]
+    return ModbusInstrument(
+        link,  # type: ignore[arg-type]  # config validation pairs modbus with a register bus
+        register_map,
+        device_id=instrument.unit_id,
+        sources=list(dict.fromkeys(sources)),
+    )
+
+
+def _source(instrument: Instrument, source: str | None) -> str:
+    return source or DRIVER_DEFAULT_SOURCE[instrument.driver]
+
+
+def certificate_model(cert: CertificateConfig) -> Certificate:
+    """Build the calibration model of a configured certificate."""
+    return Certificate.from_points(
+        certificate_id=cert.id,
+        unit=cert.unit,
+        issuer=cert.issuer,
+        kind=cert.kind,
+        valid_from=cert.valid_from_utc,
+        valid_until=cert.valid_until_utc,
+        abscissa=cert.abscissa,
+        convention=cert.convention,
+        points=[(point.x, point.c, point.U, point.k) for point in cert.points],
+        point_correlation=cert.point_correlation,
+        interpolation_u=cert.interpolation_u,
+    )
+
+
+def channel_specs(config: StationConfig, instrument: Instrument) -> dict[str, list[ChannelSpec]]:
+    """Map each source name of `instrument` to the channels fed from it."""
+    models = {cert.id: certificate_model(cert) for cert in config.certificate}
+    specs: dict[str, list[ChannelSpec]] = {}
+    for channel in instrument.channel:
+        spec = ChannelSpec(
+            instrument=instrument.id,
+            channel=channel.id,
+            quantity=channel.quantity,
+            unit=channel.unit,
+            resolution=channel.resolution,
+            certificate_id=channel.certificate,
+            certificate=models.get(channel.certificate) if channel.certificate else None,
+            coverage_factor=channel.coverage_factor,
+        )
+        specs.setdefault(_source(instrument, channel.source), []).append(spec)
+    return specs

@@ -1,0 +1,52 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The store's tables, as SQLModel classes (the same tables on SQLite and PostgreSQL).
+
+`readings` is also the outbox: a reading is pending while its seq is above the
+``forwarded_seq`` of `ForwardState`. Keeping a high-water mark instead of a flag per row makes
+marking a window of thousands of readings forwarded a one-row update.
+"""
+
+from sqlmodel import Field, SQLModel
+
+
+class ReadingRow(SQLModel, table=True):
+    """One stamped reading; `body` is exactly the canonical JSON its hash covers."""
+
+    __tablename__ = "readings"
+
+    seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    id: str = Field(unique=True, max_length=36)
+    station: str = Field(max_length=64)
+    instrument: str = Field(index=True, max_length=64)
+    channel: str = Field(max_length=64)
+    quantity: str
+    indication: float
+    value: float
+    unit: str
+    u: float | None = None
+    expanded_u: float | None = None
+    k: float | None = None
+    certificate: str | None = None
+    time: str = Field(index=True, max_length=32)
+    flags: str = ""
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
+    body: bytes
+
+
+class ForwardState(SQLModel, table=True):
+    """How far the outbox has been acknowledged by the broker (PUBACK)."""
+
+    __tablename__ = "forward_state"
+
+    name: str = Field(primary_key=True, max_length=32)
+    forwarded_seq: int = 0
+
+
+class StationMeta(SQLModel, table=True):
+    """Facts about the database itself: which station owns it, the schema version."""
+
+    __tablename__ = "station_meta"
+
+    key: str = Field(primary_key=True, max_length=32)
+    value: str

@@ -1,0 +1,142 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Real services for tests: a private mosquitto and a private PostgreSQL, on loopback.
+
+Each is started from Debian's binaries in a temporary directory on a free port, so tests
+never touch a system-wide instance and can stop, freeze or restart their broker at will.
+"""
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    msg = f"nothing listens on 127.0.0.1:{port} after {timeout} s"
+    raise TimeoutError(msg)
+
+
+def find_binary(name: str, *candidates: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    for candidate in candidates:
+        if Path(candidate).exists():
+            return candidate
+    msg = (f"{name} is not installed; run .ci/run or scripts/test.sh, which install it "
+           f"(Debian: apt-get install {name})")
+    raise RuntimeError(msg)
+
+
+@dataclass
+class Mosquitto:
+    """A mosquitto broker of the test's own."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            "max_inflight_messages 100\n"
+            "max_queued_messages 100000\n"
+            "log_dest stderr\n"
+            "log_type error\n"
+        )
+        binary = find_binary("mosquitto", "/usr/sbin/mosquitto")
+        log = (self.workdir / "mosquitto.log").open("ab")
+        self.process = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.process = None
+
+    def freeze(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def running_mosquitto(workdir: Path) -> Iterator[Mosquitto]:
+    broker = Mosquitto(workdir)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def _pg_bin(name: str) -> str:
+    for base in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (base / name).exists():
+            return str(base / name)
+    return find_binary(name)
+
+
+@contextlib.contextmanager
+def running_postgres(workdir: Path) -> Iterator[str]:
+    """Start a throwaway PostgreSQL cluster; yield its SQLAlchemy URL.
+
+    PostgreSQL refuses to run as root, so as root the cluster runs as the ``postgres`` user
+    that Debian's package creates.
+    """
+    if url := os.environ.get("METROGATE_TEST_POSTGRES_URL"):
+        yield url
+        return
+    datadir = workdir / "pgdata"
+    datadir.mkdir(parents=True)
+    port = free_port()
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(workdir, "postgres")
+        shutil.chown(datadir, "postgres")
+        workdir.chmod(0o755)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*prefix, _pg_bin("initdb"), "-D", str(datadir), "-A", "trust",
+                    "-U", "postgres", "--no-sync"], check=True, capture_output=True)
+    log = workdir / "postgres.log"
+    subprocess.run([*prefix, _pg_bin("pg_ctl"), "-D", str(datadir), "-l", str(log), "-w",
+                    "-o", f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1 -c fsync=off",
+                    "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*prefix, _pg_bin("pg_ctl"), "-D", str(datadir), "-m", "immediate",
+                        "stop"], check=False, capture_output=True)
