@@ -41,9 +41,11 @@ def canonical_json(document: Mapping[str, Any]) -> bytes:
     normalised: dict[str, Any] = {}
     for key, value in document.items():
         if type(value) is float:
-            value, big = _normalise(key, value)
+            number, big = _normalise(key, value)
+            normalised[key] = number
             slow = slow or big
-        normalised[key] = value
+        else:
+            normalised[key] = value
     if slow:
         return _encode_slow(normalised).encode("utf-8")
     return orjson.dumps(normalised, option=_SORTED)

@@ -37,6 +37,12 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # pymodbus logs an ERROR for every unanswered request; the scheduler already logs each
+    # instrument's state changes (degraded, down, recovered) once, with the reason.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    # pymodbus logs an ERROR for every unanswered request; the scheduler already logs each
+    # instrument's state changes (degraded, down, recovered) once, with the reason.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
 def _load(path: str) -> StationConfig | int:
@@ -53,10 +59,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.file)
     if isinstance(config, int):
         return config
-    _print(f"{args.file}: OK — station {config.station.id}, {len(config.bus)} buses, "
-           f"{len(config.instrument)} instruments, "
-           f"{sum(len(i.channel) for i in config.instrument)} channels, "
-           f"{len(config.certificate)} certificates")
+    _print(
+        f"{args.file}: OK — station {config.station.id}, {len(config.bus)} buses, "
+        f"{len(config.instrument)} instruments, "
+        f"{sum(len(i.channel) for i in config.instrument)} channels, "
+        f"{len(config.certificate)} certificates"
+    )
     return 0
 
 
@@ -71,8 +79,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     async def main() -> int:
         stop = asyncio.Event()
         install_signal_handlers(
-            stop, lambda: log.warning("SIGHUP: configuration reload is not supported yet; "
-                                      "restart the service to apply changes")
+            stop,
+            lambda: log.warning(
+                "SIGHUP: configuration reload is not supported yet; "
+                "restart the service to apply changes"
+            ),
         )
         return await Station(config, base_dir=Path(args.config).parent).run(stop)
 
@@ -81,10 +92,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the daemon against bundled simulators."""
-    from gateway.demo import run_demo  # noqa: PLC0415 - the demo imports the simulators
+    from gateway.demo import prepare, run_demo  # noqa: PLC0415 - it imports the simulators
 
-    return asyncio.run(run_demo(duration=args.duration, broker=args.broker,
-                                data_dir=Path(args.data_dir), config_path=args.config))
+    for noisy in ("amqtt", "transitions"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    prepared = prepare(args.config, Path(args.data_dir))
+    if isinstance(prepared, str):
+        return _fail(prepared)
+    path, config, data_dir = prepared
+    return asyncio.run(
+        run_demo(
+            duration=args.duration,
+            broker=args.broker,
+            path=path,
+            config=config,
+            data_dir=data_dir,
+        )
+    )
 
 
 def _open_for_reading(args: argparse.Namespace) -> Store | int:
@@ -119,11 +143,15 @@ def cmd_readings(args: argparse.Namespace) -> int:
     if args.json:
         for row in rows:
             reading = {"hash": row["hash"], **orjson.loads(row["body"])}
-            sys.stdout.write(orjson.dumps({"forwarded": row["seq"] <= forwarded,
-                                           "reading": reading}).decode() + "\n")
+            sys.stdout.write(
+                orjson.dumps({"forwarded": row["seq"] <= forwarded, "reading": reading}).decode()
+                + "\n"
+            )
         return 0
-    _print(f"{'seq':>8}  {'time (UTC)':<27} {'instrument/channel':<24} {'indication':>14} "
-           f"{'value':>14} {'U':>10} {'unit':<5} {'fwd':<3} {'hash':<12} flags")
+    _print(
+        f"{'seq':>8}  {'time (UTC)':<27} {'instrument/channel':<24} {'indication':>14} "
+        f"{'value':>14} {'U':>10} {'unit':<5} {'fwd':<3} {'hash':<12} flags"
+    )
     for row in rows:
         _print(_row_line(row, forwarded))
     _print(f"{len(rows)} readings shown; forwarded up to seq {forwarded}")
@@ -133,10 +161,12 @@ def cmd_readings(args: argparse.Namespace) -> int:
 def _row_line(row: dict[str, Any], forwarded: int) -> str:
     expanded = "-" if row["expanded_u"] is None else f"{row['expanded_u']:.3g}"
     name = f"{row['instrument']}/{row['channel']}"
-    return (f"{row['seq']:>8}  {row['time']:<27} {name:<24} {row['indication']:>14.6g} "
-            f"{row['value']:>14.8g} {expanded:>10} {row['unit']:<5} "
-            f"{'yes' if row['seq'] <= forwarded else 'no':<3} {row['hash'][:12]} "
-            f"{row['flags'] or 'OK'}")
+    return (
+        f"{row['seq']:>8}  {row['time']:<27} {name:<24} {row['indication']:>14.6g} "
+        f"{row['value']:>14.8g} {expanded:>10} {row['unit']:<5} "
+        f"{'yes' if row['seq'] <= forwarded else 'no':<3} {row['hash'][:12]} "
+        f"{row['flags'] or 'OK'}"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,8 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="metrogate",
         description="Instrument-integration and metrology-traceability gateway.",
     )
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run the station daemon")
@@ -158,12 +189,19 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=cmd_check_config)
 
     demo = commands.add_parser("demo", help="run the daemon against bundled simulators")
-    demo.add_argument("--duration", type=float, default=None,
-                      help="stop by itself after this many seconds")
-    demo.add_argument("--broker", default=None,
-                      help="mqtt://HOST:PORT of a broker (default: start an embedded one)")
-    demo.add_argument("--data-dir", default="demo-data",
-                      help="where the demo keeps metrogate.db (default: ./demo-data)")
+    demo.add_argument(
+        "--duration", type=float, default=None, help="stop by itself after this many seconds"
+    )
+    demo.add_argument(
+        "--broker",
+        default=None,
+        help="mqtt://HOST:PORT of a broker (default: start an embedded one)",
+    )
+    demo.add_argument(
+        "--data-dir",
+        default="demo-data",
+        help="where the demo keeps metrogate.db (default: ./demo-data)",
+    )
     demo.add_argument("--config", default=None, help="demo station file (default: bundled)")
     demo.set_defaults(handler=cmd_demo)
 

@@ -158,7 +158,7 @@ class PointConfig(_Model):
 
     x: float
     c: float
-    U: float = Field(gt=0)  # noqa: N815 - U is the GUM's symbol for expanded uncertainty
+    U: float = Field(gt=0)
     k: float = Field(default=2.0, gt=0)
 
 
@@ -248,7 +248,9 @@ def load_config(path: str | Path) -> StationConfig:
     return parse_config(text, file=file, base_dir=Path(path).parent)
 
 
-def parse_config(text: str, *, file: str = "<string>", base_dir: Path | None = None) -> StationConfig:
+def parse_config(
+    text: str, *, file: str = "<string>", base_dir: Path | None = None
+) -> StationConfig:
     """Validate the text of a station file; see `load_config`."""
     try:
         document = tomllib.loads(text)
@@ -275,7 +277,9 @@ def parse_config(text: str, *, file: str = "<string>", base_dir: Path | None = N
     return config
 
 
-def check_references(config: StationConfig, base_dir: Path) -> Iterator[tuple[tuple[Any, ...], str]]:
+def check_references(
+    config: StationConfig, base_dir: Path
+) -> Iterator[tuple[tuple[Any, ...], str]]:
     """Yield (location, message) for every inconsistency between sections."""
     yield from _duplicates("bus", [bus.id for bus in config.bus])
     yield from _duplicates("instrument", [instrument.id for instrument in config.instrument])
@@ -297,8 +301,10 @@ def check_references(config: StationConfig, base_dir: Path) -> Iterator[tuple[tu
         elif bus.kind != DRIVER_BUS_KIND[instrument.driver]:
             yield (
                 (*where, "bus"),
-                f'driver "{instrument.driver}" needs a {DRIVER_BUS_KIND[instrument.driver]} bus, '
-                f'"{bus.id}" is {bus.kind}',
+                (
+                    f'driver "{instrument.driver}" needs a '
+                    f'{DRIVER_BUS_KIND[instrument.driver]} bus, "{bus.id}" is {bus.kind}'
+                ),
             )
         sources = yield from _sources(instrument, where, base_dir)
         yield from _duplicates((*where, "channel"), [channel.id for channel in instrument.channel])
@@ -328,7 +334,7 @@ def _sources(
     if instrument.driver == "mtsics":
         return {"weight"}
     if instrument.register_map is None:
-        yield (*where, "register_map"), "required for driver modbus (e.g. \"sdm630\" or a path)"
+        yield (*where, "register_map"), 'required for driver modbus (e.g. "sdm630" or a path)'
         return None
     from gateway.instruments import RegisterMapError, resolve_register_map  # noqa: PLC0415
 
@@ -340,7 +346,9 @@ def _sources(
     return set(register_map.entries)
 
 
-def _duplicates(where: str | tuple[Any, ...], ids: Sequence[str]) -> Iterator[tuple[tuple[Any, ...], str]]:
+def _duplicates(
+    where: str | tuple[Any, ...], ids: Sequence[str]
+) -> Iterator[tuple[tuple[Any, ...], str]]:
     prefix = (where,) if isinstance(where, str) else where
     seen: set[str] = set()
     for index, item in enumerate(ids):

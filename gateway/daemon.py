@@ -62,65 +62,100 @@ class Station:
         except StoreError as exc:
             log.error("cannot start: %s", exc)  # noqa: TRY400 - the message is the diagnosis
             return EXIT_STORE
-        log.info("store %s: %d readings, %d not yet forwarded", redact(url), last_seq,
-                 last_seq - forwarded)
-        forwarder = Forwarder(config.upstream, config.station.id, store,
-                              forwarded_seq=forwarded, health=self.health_snapshot)
+        log.info(
+            "store %s: %d readings, %d not yet forwarded",
+            redact(url),
+            last_seq,
+            last_seq - forwarded,
+        )
+        forwarder = Forwarder(
+            config.upstream,
+            config.station.id,
+            store,
+            forwarded_seq=forwarded,
+            health=self.health_snapshot,
+        )
         pipeline = Pipeline(
-            store, Stamper(config.station.id, last_seq=last_seq, last_hash=last_hash),
-            batch_max=config.store.batch_max, batch_latency=config.store.batch_latency,
+            store,
+            Stamper(config.station.id, last_seq=last_seq, last_hash=last_hash),
+            batch_max=config.store.batch_max,
+            batch_latency=config.store.batch_latency,
             on_commit=forwarder.notify,
         )
         self.pipeline, self.forwarder = pipeline, forwarder
         forward_task = asyncio.create_task(forwarder.run(), name="forwarder")
         pipeline_task = asyncio.create_task(pipeline.run(), name="pipeline")
-        bus_tasks = [asyncio.create_task(worker.run(), name=f"bus {worker.bus_id}")
-                     for worker in self._workers(pipeline)]
+        bus_tasks = [
+            asyncio.create_task(worker.run(), name=f"bus {worker.bus_id}")
+            for worker in self._workers(pipeline)
+        ]
         watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
         stop_task = asyncio.create_task(stop.wait(), name="stop")
         notify("READY=1\nSTATUS=polling")
         self.ready.set()
-        log.info("station %s running: %d buses, %d instruments", config.station.id,
-                 len(bus_tasks), len(config.instrument))
+        log.info(
+            "station %s running: %d buses, %d instruments",
+            config.station.id,
+            len(bus_tasks),
+            len(config.instrument),
+        )
         status = EXIT_OK
         try:
-            await asyncio.wait([stop_task, pipeline_task, *bus_tasks],
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                [stop_task, pipeline_task, *bus_tasks], return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             notify("STOPPING=1")
             await _cancel(*bus_tasks, stop_task)
             status = await self._finish_pipeline(pipeline, pipeline_task)
             if status == EXIT_OK:
-                flushed = await forwarder.wait_forwarded(pipeline.last_seq,
-                                                         config.upstream.flush_timeout)
-                if not flushed:
-                    log.warning("stopping with %d readings not yet acknowledged by the "
-                                "broker; they stay in the outbox for the next start",
-                                pipeline.last_seq - forwarder.forwarded_seq)
+                try:
+                    async with asyncio.timeout(config.upstream.flush_timeout):
+                        await forwarder.wait_forwarded(pipeline.last_seq)
+                except TimeoutError:
+                    log.warning(
+                        "stopping with %d readings not yet acknowledged by the "
+                        "broker; they stay in the outbox for the next start",
+                        pipeline.last_seq - forwarder.forwarded_seq,
+                    )
             await _cancel(forward_task, watchdog)
             await store.aclose()
             for task in bus_tasks:
                 if not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]  # a bug: fail loudly
-        log.info("station %s stopped: %d readings committed this run, forwarded up to seq %d",
-                 config.station.id, pipeline.committed, forwarder.forwarded_seq)
+        log.info(
+            "station %s stopped: %d readings committed this run, forwarded up to seq %d",
+            config.station.id,
+            pipeline.committed,
+            forwarder.forwarded_seq,
+        )
         return status
 
     def _workers(self, pipeline: Pipeline) -> list[BusWorker]:
         config, base_dir = self.config, self.base_dir
         workers = []
         for bus in config.bus:
-            members = [(instrument, channel_specs(config, instrument))
-                       for instrument in config.instrument if instrument.bus == bus.id]
+            members = [
+                (instrument, channel_specs(config, instrument))
+                for instrument in config.instrument
+                if instrument.bus == bus.id
+            ]
             if not members:
                 continue
 
             def driver_for(instrument: Any, link: Link) -> Any:  # noqa: ANN401
                 return make_driver(instrument, link, base_dir)
 
-            workers.append(BusWorker(bus.id, members, open_link=link_opener(bus),
-                                     make_driver=driver_for, submit=pipeline.submit,
-                                     health=self.health))
+            workers.append(
+                BusWorker(
+                    bus.id,
+                    members,
+                    open_link=link_opener(bus),
+                    make_driver=driver_for,
+                    submit=pipeline.submit,
+                    health=self.health,
+                )
+            )
         return workers
 
     @staticmethod
@@ -129,7 +164,7 @@ class Station:
         if task.done():
             exc = task.exception()
             if isinstance(exc, StoreError):
-                log.error("acquisition stopped: %s", exc)  # noqa: TRY400
+                log.error("acquisition stopped: %s", exc)
                 return EXIT_STORE
             if exc is not None:
                 raise exc

@@ -56,10 +56,14 @@ async def embedded_broker() -> AsyncIterator[str]:
     from amqtt.broker import Broker  # noqa: PLC0415 - only the demo needs it
 
     port = free_port()
-    broker = Broker({
-        "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
-        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
-    })
+    broker = Broker(
+        {
+            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+            },
+        }
+    )
     await broker.start()
     try:
         yield f"mqtt://127.0.0.1:{port}"
@@ -68,103 +72,162 @@ async def embedded_broker() -> AsyncIterator[str]:
 
 
 def _line(reading: dict[str, Any]) -> str:
-    uncertainty = ("" if reading["U"] is None
-                   else f" ± {reading['U']:.2g} (k={reading['k']:g})")
+    uncertainty = "" if reading["U"] is None else f" ± {reading['U']:.2g} (k={reading['k']:g})"
     flags = ",".join(reading["flags"]) or "traceable"
     name = f"{reading['instrument']}/{reading['channel']}"
-    return (f"{reading['time'][11:23]}  seq {reading['seq']:>6}  {name:<22} "
-            f"{reading['value']:>12.6f} {reading['unit']:<4}{uncertainty:<22} "
-            f"{reading['certificate'] or '-':<14} {flags}")
+    return (
+        f"{reading['time'][11:23]}  seq {reading['seq']:>6}  {name:<22} "
+        f"{reading['value']:>12.8g} {reading['unit']:<4}{uncertainty:<22} "
+        f"{reading['certificate'] or '-':<14} {flags}"
+    )
 
 
-async def _watch(upstream: UpstreamSection, station: str, seen: set[int],
-                 subscribed: asyncio.Event) -> None:
-    """Print readings as an upstream subscriber receives them."""
-    topic = f"{upstream.topic_prefix}/{station}/+/readings"
-    protocol = (aiomqtt.ProtocolVersion.V5 if upstream.protocol == 5  # noqa: PLR2004
-                else aiomqtt.ProtocolVersion.V311)
-    while True:
-        try:
-            async with aiomqtt.Client(upstream.host, upstream.port, protocol=protocol,
-                                      identifier=f"metrogate-demo-watch-{station}") as client:
-                await client.subscribe(topic, qos=1)
-                await client.subscribe(status_topic(upstream.topic_prefix, station), qos=1)
-                subscribed.set()
-                async for message in client.messages:
-                    payload = orjson.loads(bytes(message.payload))  # type: ignore[arg-type]
-                    if isinstance(payload, dict):
-                        sys.stdout.write(f"status: {payload.get('state')}\n")
-                        continue
-                    for reading in payload:
-                        if reading["seq"] not in seen:
-                            seen.add(reading["seq"])
-                            sys.stdout.write(_line(reading) + "\n")
-                    sys.stdout.flush()
-        except aiomqtt.MqttError:
-            await asyncio.sleep(0.5)
+class _Watcher:
+    """An upstream subscriber that prints readings as they arrive and counts them."""
+
+    def __init__(self, upstream: UpstreamSection, station: str) -> None:
+        self._upstream = upstream
+        self._station = station
+        self.seen: set[int] = set()
+        self.subscribed = asyncio.Event()
+        self._progress = asyncio.Condition()
+
+    async def run(self) -> None:
+        upstream, station = self._upstream, self._station
+        protocol = (
+            aiomqtt.ProtocolVersion.V5
+            if upstream.protocol == 5  # noqa: PLR2004
+            else aiomqtt.ProtocolVersion.V311
+        )
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    upstream.host,
+                    upstream.port,
+                    protocol=protocol,
+                    identifier=f"metrogate-demo-watch-{station}",
+                ) as client:
+                    await client.subscribe(f"{upstream.topic_prefix}/{station}/+/readings", qos=1)
+                    await client.subscribe(status_topic(upstream.topic_prefix, station), qos=1)
+                    self.subscribed.set()
+                    async for message in client.messages:
+                        await self._show(orjson.loads(bytes(message.payload)))  # type: ignore[arg-type]
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.5)
+
+    async def _show(self, payload: Any) -> None:  # noqa: ANN401 - decoded JSON
+        if isinstance(payload, dict):
+            sys.stdout.write(f"status: {payload.get('state')}\n")
+            return
+        for reading in payload:
+            if reading["seq"] not in self.seen:
+                self.seen.add(reading["seq"])
+                sys.stdout.write(_line(reading) + "\n")
+        sys.stdout.flush()
+        async with self._progress:
+            self._progress.notify_all()
+
+    async def wait_for(self, seq: int) -> None:
+        """Return once the reading with `seq` has been received."""
+        async with self._progress:
+            await self._progress.wait_for(lambda: seq in self.seen)
 
 
-def _demo_config(config: StationConfig, *, data_dir: Path, broker: str, protocol: int,
-                 serial_ports: dict[str, str], modbus_ports: dict[str, int]) -> StationConfig:
+def _demo_config(
+    config: StationConfig,
+    *,
+    data_dir: Path,
+    broker: str,
+    protocol: int,
+    serial_ports: dict[str, str],
+    modbus_ports: dict[str, int],
+) -> StationConfig:
     buses: list[SerialBus | ModbusTcpBus] = []
     for bus in config.bus:
         if isinstance(bus, SerialBus):
             buses.append(bus.model_copy(update={"port": serial_ports[bus.id]}))
         else:
-            buses.append(bus.model_copy(update={"host": "127.0.0.1",
-                                                "port": modbus_ports[bus.id]}))
-    return config.model_copy(update={
-        "station": config.station.model_copy(update={"data_dir": data_dir}),
-        "store": config.store.model_copy(update={"url": f"sqlite:///{data_dir / 'metrogate.db'}"}),
-        "upstream": config.upstream.model_copy(update={"broker": broker, "protocol": protocol}),
-        "bus": buses,
-    })
+            buses.append(
+                bus.model_copy(update={"host": "127.0.0.1", "port": modbus_ports[bus.id]})
+            )
+    return config.model_copy(
+        update={
+            "station": config.station.model_copy(update={"data_dir": data_dir}),
+            "store": config.store.model_copy(
+                update={"url": f"sqlite:///{data_dir / 'metrogate.db'}"}
+            ),
+            "upstream": config.upstream.model_copy(
+                update={"broker": broker, "protocol": protocol}
+            ),
+            "bus": buses,
+        }
+    )
 
 
-async def run_demo(*, duration: float | None, broker: str | None, data_dir: Path,
-                   config_path: str | None) -> int:
-    """Run the demo; return the daemon's exit status."""
+def prepare(config_path: str | None, data_dir: Path) -> tuple[Path, StationConfig, Path] | str:
+    """Load the demo station file and make the data directory; a message on failure."""
     path = Path(config_path) if config_path else bundled_config()
     try:
         config = load_config(path)
     except ConfigError as exc:
-        sys.stderr.write(f"{exc}\n")
-        return 1
+        return str(exc)
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    return path, config, data_dir
+
+
+async def _start_simulators(
+    config: StationConfig, stack: AsyncExitStack
+) -> tuple[dict[str, str], dict[str, int]]:
+    serial_ports: dict[str, str] = {}
+    modbus_ports: dict[str, int] = {}
+    for number, bus in enumerate(config.bus):
+        if isinstance(bus, SerialBus):
+            balance = MtSicsSimulator(weight_g=1000.0 + 250.0 * number, noise_g=0.03, seed=number)
+            serial_ports[bus.id] = (await stack.enter_async_context(balance)).port
+            sys.stdout.write(f"  MT-SICS balance simulator on {balance.port} (bus {bus.id})\n")
+        else:
+            meter = Sdm630Simulator(host="127.0.0.1", port=0, animate=True)
+            modbus_ports[bus.id] = (await stack.enter_async_context(meter)).port
+            sys.stdout.write(
+                f"  SDM630 Modbus TCP simulator on 127.0.0.1:{meter.port} (bus {bus.id})\n"
+            )
+    return serial_ports, modbus_ports
+
+
+async def run_demo(
+    *,
+    duration: float | None,
+    broker: str | None,
+    path: Path,
+    config: StationConfig,
+    data_dir: Path,
+) -> int:
+    """Run the demo; return the daemon's exit status."""
     async with AsyncExitStack() as stack:
-        serial_ports: dict[str, str] = {}
-        modbus_ports: dict[str, int] = {}
-        for number, bus in enumerate(config.bus):
-            if isinstance(bus, SerialBus):
-                balance = MtSicsSimulator(weight_g=1000.0 + 250.0 * number, noise_g=0.03,
-                                          seed=number)
-                serial_ports[bus.id] = (await stack.enter_async_context(balance)).port
-            else:
-                meter = Sdm630Simulator(host="127.0.0.1", port=0, animate=True)
-                modbus_ports[bus.id] = (await stack.enter_async_context(meter)).port
+        sys.stdout.write(
+            f"metrogate demo: station {config.station.id}, store {data_dir / 'metrogate.db'}\n"
+        )
+        serial_ports, modbus_ports = await _start_simulators(config, stack)
         protocol = config.upstream.protocol
         if broker is None:
             broker = await stack.enter_async_context(embedded_broker())
             protocol = 311  # amqtt speaks MQTT 3.1.1
-        config = _demo_config(config, data_dir=data_dir, broker=broker, protocol=protocol,
-                              serial_ports=serial_ports, modbus_ports=modbus_ports)
-        sys.stdout.write(f"metrogate demo: station {config.station.id}, broker {broker}, "
-                         f"store {data_dir / 'metrogate.db'}\n")
-        for bus_id, port in serial_ports.items():
-            sys.stdout.write(f"  MT-SICS balance simulator on {port} (bus {bus_id})\n")
-        for bus_id, tcp_port in modbus_ports.items():
-            sys.stdout.write(f"  SDM630 Modbus TCP simulator on 127.0.0.1:{tcp_port} "
-                             f"(bus {bus_id})\n")
-        sys.stdout.write("Readings as an upstream subscriber receives them "
-                         "(Ctrl-C to stop):\n")
-        seen: set[int] = set()
-        subscribed = asyncio.Event()
-        watcher = asyncio.create_task(_watch(config.upstream, config.station.id, seen,
-                                             subscribed))
+        sys.stdout.write(f"  MQTT broker {broker}\n")
+        config = _demo_config(
+            config,
+            data_dir=data_dir,
+            broker=broker,
+            protocol=protocol,
+            serial_ports=serial_ports,
+            modbus_ports=modbus_ports,
+        )
+        sys.stdout.write("Readings as an upstream subscriber receives them (Ctrl-C stops):\n")
+        watcher = _Watcher(config.upstream, config.station.id)
+        watch_task = asyncio.create_task(watcher.run())
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
-                await subscribed.wait()
+                await watcher.subscribed.wait()
         stop = asyncio.Event()
         install_signal_handlers(stop, lambda: None)
         station = Station(config, base_dir=path.parent)
@@ -178,12 +241,12 @@ async def run_demo(*, duration: float | None, broker: str | None, data_dir: Path
         last = station.pipeline.last_seq if station.pipeline else 0
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
-                while last and (max(seen, default=0) < last):
-                    await asyncio.sleep(0.05)
-        watcher.cancel()
+                await watcher.wait_for(last)
+        watch_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await watcher
-    _summary(config, len(seen))
+            await watch_task
+        received = len(watcher.seen)
+    _summary(config, received)
     return status
 
 

@@ -45,7 +45,9 @@ def status_topic(prefix: str, station: str) -> str:
     return f"{prefix}/{station}/status"
 
 
-def group_messages(window: Sequence[Pending], max_per_message: int) -> list[tuple[str, list[Pending]]]:
+def group_messages(
+    window: Sequence[Pending], max_per_message: int
+) -> list[tuple[str, list[Pending]]]:
     """Split a window into messages: runs of one instrument, at most `max_per_message` each.
 
     Readings of one instrument keep their seq order inside and across messages.
@@ -55,8 +57,10 @@ def group_messages(window: Sequence[Pending], max_per_message: int) -> list[tupl
         by_instrument.setdefault(item.instrument, []).append(item)
     messages: list[tuple[str, list[Pending]]] = []
     for instrument, items in by_instrument.items():
-        for start in range(0, len(items), max_per_message):
-            messages.append((instrument, items[start : start + max_per_message]))
+        messages.extend(
+            (instrument, items[start : start + max_per_message])
+            for start in range(0, len(items), max_per_message)
+        )
     return messages
 
 
@@ -69,12 +73,24 @@ def tls_context(settings: UpstreamSection) -> ssl.SSLContext | None:
     """Build the TLS context for an ``mqtts://`` broker (CA file, optional client cert)."""
     if not settings.tls:
         return None
-    context = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
+    context = ssl.create_default_context(
+        cafile=str(settings.ca_file) if settings.ca_file else None
+    )
     if settings.cert_file is not None:
         context.load_cert_chain(
             str(settings.cert_file), str(settings.key_file) if settings.key_file else None
         )
     return context
+
+
+def _first_mqtt_error(failures: BaseExceptionGroup[BaseException]) -> BaseException:
+    """Unwrap a task group that failed only because the connection was lost."""
+    lost, other = failures.split(aiomqtt.MqttError)
+    if other is not None or lost is None:
+        return failures
+    while isinstance(lost, BaseExceptionGroup):
+        lost = lost.exceptions[0]
+    return lost
 
 
 class Forwarder:
@@ -117,15 +133,24 @@ class Forwarder:
             except aiomqtt.MqttError as exc:
                 self.connected = False
                 failures += 1
-                delay = min(self._settings.reconnect_max,
-                            self._settings.reconnect_min * 2 ** min(failures - 1, 10))
+                delay = min(
+                    self._settings.reconnect_max,
+                    self._settings.reconnect_min * 2 ** min(failures - 1, 10),
+                )
                 delay *= random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not cryptography
                 if failures == 1:
-                    log.warning("broker %s: %s; buffering in the store, retrying",
-                                self._settings.broker, exc)
+                    log.warning(
+                        "broker %s: %s; buffering in the store, retrying",
+                        self._settings.broker,
+                        exc,
+                    )
                 else:
-                    log.info("broker %s still unreachable (%s); next try in %.1f s",
-                             self._settings.broker, exc, delay)
+                    log.info(
+                        "broker %s still unreachable (%s); next try in %.1f s",
+                        self._settings.broker,
+                        exc,
+                        delay,
+                    )
                 self.reconnects += 1
                 await asyncio.sleep(delay)
             else:
@@ -139,8 +164,11 @@ class Forwarder:
             settings.host,
             settings.port,
             identifier=settings.client_id or f"metrogate-{self._station}",
-            protocol=(aiomqtt.ProtocolVersion.V5 if settings.protocol == 5  # noqa: PLR2004
-                      else aiomqtt.ProtocolVersion.V311),
+            protocol=(
+                aiomqtt.ProtocolVersion.V5
+                if settings.protocol == 5  # noqa: PLR2004
+                else aiomqtt.ProtocolVersion.V311
+            ),
             will=aiomqtt.Will(self._status_topic, offline, qos=1, retain=True),
             keepalive=settings.keepalive,
             timeout=settings.publish_timeout,
@@ -160,6 +188,8 @@ class Forwarder:
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._status_loop(client))
                     group.create_task(self._forward_loop(client))
+            except BaseExceptionGroup as failures:
+                raise _first_mqtt_error(failures) from failures
             except asyncio.CancelledError:
                 # A clean stop: say so on the retained status topic before disconnecting,
                 # so the broker does not publish the last will.
@@ -199,20 +229,16 @@ class Forwarder:
             async with asyncio.TaskGroup() as group:
                 for instrument, items in messages:
                     payload = published_payload((item.hash, item.body) for item in items)
-                    group.create_task(client.publish(
-                        readings_topic(prefix, station, instrument), payload, qos=1
-                    ))
+                    group.create_task(
+                        client.publish(readings_topic(prefix, station, instrument), payload, qos=1)
+                    )
             await self._store.call(self._store.store.mark_forwarded, window[-1].seq)
             self.published_messages += len(messages)
             async with self._progress:
                 self.forwarded_seq = window[-1].seq
                 self._progress.notify_all()
 
-    async def wait_forwarded(self, seq: int, timeout: float) -> bool:
-        """Wait until every reading up to `seq` is acknowledged; False on timeout."""
-        try:
-            async with asyncio.timeout(timeout), self._progress:
-                await self._progress.wait_for(lambda: self.forwarded_seq >= seq)
-        except TimeoutError:
-            return False
-        return True
+    async def wait_forwarded(self, seq: int) -> None:
+        """Return once every reading up to `seq` is acknowledged (callers set a deadline)."""
+        async with self._progress:
+            await self._progress.wait_for(lambda: self.forwarded_seq >= seq)

@@ -40,8 +40,10 @@ Link = ByteStream | RegisterBus
 
 
 def resolve_register_map(name: str, base_dir: Path) -> RegisterMap:
-    """Find a register map: a path (relative to the config directory), a ``NAME.toml`` file
-    dropped into the config directory, or a map shipped with metrogate.
+    """Find a register map by name.
+
+    `name` is a path ending in ``.toml`` (relative to the config directory), the name of a
+    ``NAME.toml`` file dropped into the config directory, or a map shipped with metrogate.
 
     Raises:
         RegisterMapError: not found or malformed.
@@ -61,8 +63,13 @@ def link_opener(bus: SerialBus | ModbusTcpBusConfig) -> Callable[[], Awaitable[L
 
         async def open_serial_bus() -> Link:
             return await open_serial(
-                bus.port, baudrate=bus.baudrate, bytesize=bus.bytesize, parity=bus.parity,
-                stopbits=bus.stopbits, xonxoff=bus.xonxoff, timeout=bus.timeout,
+                bus.port,
+                baudrate=bus.baudrate,
+                bytesize=bus.bytesize,
+                parity=bus.parity,
+                stopbits=bus.stopbits,
+                xonxoff=bus.xonxoff,
+                timeout=bus.timeout,
             )
 
         return open_serial_bus

@@ -92,12 +92,19 @@ def measure(batch: Sequence[Acquired]) -> list[Measured]:
     return [result for result in results if result is not None]
 
 
-def _correct_group(batch: Sequence[Acquired], indexes: list[int], spec: ChannelSpec,
-                   certificate: Certificate, results: list[Measured | None]) -> None:
-    indication = np.fromiter((batch[i].indication for i in indexes), dtype=np.float64,
-                             count=len(indexes))
-    corrected = correct(indication, certificate, resolution=spec.resolution,
-                        coverage_factor=spec.coverage_factor)
+def _correct_group(
+    batch: Sequence[Acquired],
+    indexes: list[int],
+    spec: ChannelSpec,
+    certificate: Certificate,
+    results: list[Measured | None],
+) -> None:
+    indication = np.fromiter(
+        (batch[i].indication for i in indexes), dtype=np.float64, count=len(indexes)
+    )
+    corrected = correct(
+        indication, certificate, resolution=spec.resolution, coverage_factor=spec.coverage_factor
+    )
     values = corrected.value.tolist()
     u = corrected.standard_uncertainty.tolist()
     expanded = corrected.expanded_uncertainty.tolist()
@@ -113,10 +120,18 @@ def _correct_group(batch: Sequence[Acquired], indexes: list[int], spec: ChannelS
             results[i] = _uncorrected(item, tuple(flags), certificate=spec.certificate_id)
             continue
         results[i] = Measured(
-            instrument=spec.instrument, channel=spec.channel, quantity=spec.quantity,
-            indication=item.indication, value=values[position], unit=spec.unit,
-            u=u[position], expanded_u=expanded[position], k=k,
-            certificate=spec.certificate_id, time=rfc3339(item.time), flags=tuple(sorted(flags)),
+            instrument=spec.instrument,
+            channel=spec.channel,
+            quantity=spec.quantity,
+            indication=item.indication,
+            value=values[position],
+            unit=spec.unit,
+            u=u[position],
+            expanded_u=expanded[position],
+            k=k,
+            certificate=spec.certificate_id,
+            time=rfc3339(item.time),
+            flags=tuple(sorted(flags)),
         )
 
 
@@ -128,17 +143,26 @@ def _validity_flags(moment: datetime, certificate: Certificate) -> list[str]:
     return []
 
 
-def _uncorrected(item: Acquired, flags: tuple[str, ...], *,
-                 certificate: str | None = None) -> Measured:
+def _uncorrected(
+    item: Acquired, flags: tuple[str, ...], *, certificate: str | None = None
+) -> Measured:
     spec = item.spec
     all_flags = set(flags)
     if not item.stable:
         all_flags.add("UNSTABLE")
     return Measured(
-        instrument=spec.instrument, channel=spec.channel, quantity=spec.quantity,
-        indication=item.indication, value=item.indication, unit=item.unit,
-        u=None, expanded_u=None, k=None, certificate=certificate or spec.certificate_id,
-        time=rfc3339(item.time), flags=tuple(sorted(all_flags)),
+        instrument=spec.instrument,
+        channel=spec.channel,
+        quantity=spec.quantity,
+        indication=item.indication,
+        value=item.indication,
+        unit=item.unit,
+        u=None,
+        expanded_u=None,
+        k=None,
+        certificate=certificate or spec.certificate_id,
+        time=rfc3339(item.time),
+        flags=tuple(sorted(all_flags)),
     )
 
 

@@ -165,14 +165,17 @@ class BusWorker:
             self._failed(slot, exc)
             if isinstance(exc, TransportError) and not isinstance(exc, TransportTimeoutError):
                 await self._close_link()
-            backoff = min(MAX_BACKOFF, slot.config.poll_interval
-                          * 2 ** min(slot.health.consecutive_failures - 1, 8))
+            backoff = min(
+                MAX_BACKOFF,
+                slot.config.poll_interval * 2 ** min(slot.health.consecutive_failures - 1, 8),
+            )
             self._reschedule(slot, loop, max(backoff, slot.config.poll_interval))
             return
         moment = datetime.now(UTC)
         acquired = [
-            Acquired(spec=spec, indication=raw.indication, unit=raw.unit, stable=raw.stable,
-                     time=moment)
+            Acquired(
+                spec=spec, indication=raw.indication, unit=raw.unit, stable=raw.stable, time=moment
+            )
             for raw in raws
             for spec in slot.specs.get(raw.source, ())
         ]
@@ -194,8 +197,11 @@ class BusWorker:
         health = slot.health
         if health.state != "ok":
             if health.state != "starting":
-                log.info("instrument %s recovered after %d failed polls",
-                         slot.config.id, health.consecutive_failures)
+                log.info(
+                    "instrument %s recovered after %d failed polls",
+                    slot.config.id,
+                    health.consecutive_failures,
+                )
             health.state = "ok"
         health.good += 1
         health.consecutive_failures = 0

@@ -95,8 +95,9 @@ class Stamped:
     body: bytes
 
 
-def reading_document(station: str, seq: int, reading_id: str, measured: Measured,
-                     prev_hash: str) -> dict[str, Any]:
+def reading_document(
+    station: str, seq: int, reading_id: str, measured: Measured, prev_hash: str
+) -> dict[str, Any]:
     """Return the published reading object without its ``hash`` member."""
     return {
         "id": reading_id,
@@ -146,8 +147,16 @@ class Stamper:
             reading_id = str(uuid7())
             body = canonical_json(reading_document(station, seq, reading_id, measured, prev_hash))
             digest = hashlib.sha256(bytes.fromhex(prev_hash) + body).hexdigest()
-            append(Stamped(seq=seq, id=reading_id, measured=measured, prev_hash=prev_hash,
-                           hash=digest, body=body))
+            append(
+                Stamped(
+                    seq=seq,
+                    id=reading_id,
+                    measured=measured,
+                    prev_hash=prev_hash,
+                    hash=digest,
+                    body=body,
+                )
+            )
             prev_hash = digest
         return stamped
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, delete, event, func, insert, select, update
+from sqlalchemy import Engine, event, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import SQLModel, create_engine
 
@@ -94,6 +94,7 @@ class Store:
         Raises:
             StoreError: the database cannot be opened, or belongs to another station.
         """
+        engine: Engine | None = None
         try:
             engine = create_store_engine(url)
             if create:
@@ -102,21 +103,26 @@ class Store:
                 )
             store = cls(engine, station)
             store._claim(create=create)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot open store {redact(url)}: {_reason(exc)}") from exc
-        except OSError as exc:
-            raise StoreError(f"cannot open store {redact(url)}: {exc}") from exc
+        except (SQLAlchemyError, OSError, StoreError) as exc:
+            if engine is not None:
+                engine.dispose()
+            if isinstance(exc, StoreError):
+                raise
+            reason = _reason(exc) if isinstance(exc, SQLAlchemyError) else str(exc)
+            raise StoreError(f"cannot open store {redact(url)}: {reason}") from exc
         return store
 
     def _claim(self, *, create: bool) -> None:
         with self._engine.begin() as conn:
-            rows = dict(conn.execute(select(_META.c.key, _META.c.value)).tuples().all())
+            rows = {str(k): str(v) for k, v in conn.execute(select(_META.c.key, _META.c.value))}
             owner = rows.get("station")
             if owner is None and create:
                 conn.execute(
                     insert(_META),
-                    [{"key": "station", "value": self.station},
-                     {"key": "schema", "value": SCHEMA_VERSION}],
+                    [
+                        {"key": "station", "value": self.station},
+                        {"key": "schema", "value": SCHEMA_VERSION},
+                    ],
                 )
                 conn.execute(insert(_FORWARD), [{"name": _OUTBOX, "forwarded_seq": 0}])
             elif owner is not None and self.station and owner != self.station:
@@ -168,9 +174,9 @@ class Store:
             }
             for item in stamped
         ]
-        with self._guard(f"commit seq {stamped[0].seq}..{stamped[-1].seq}"):
-            with self._engine.begin() as conn:
-                conn.execute(insert(_READINGS), rows)
+        action = f"commit seq {stamped[0].seq}..{stamped[-1].seq}"
+        with self._guard(action), self._engine.begin() as conn:
+            conn.execute(insert(_READINGS), rows)
 
     def forwarded_seq(self) -> int:
         """Return the highest seq up to which every reading was acknowledged by the broker."""
@@ -189,7 +195,9 @@ class Store:
             .limit(limit)
         )
         with self._guard("read the outbox"), self._engine.connect() as conn:
-            return [Pending(int(s), str(i), str(h), bytes(b)) for s, i, h, b in conn.execute(query)]
+            return [
+                Pending(int(s), str(i), str(h), bytes(b)) for s, i, h, b in conn.execute(query)
+            ]
 
     def mark_forwarded(self, seq: int) -> None:
         """Record that every reading up to `seq` was acknowledged (never moves backwards)."""
@@ -218,11 +226,6 @@ class Store:
         with self._guard("list readings"), self._engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]  # noqa: SLF001 - SA API
 
-    def delete_after(self, seq: int) -> None:
-        """Remove readings above `seq` (tests use it to simulate tampering)."""
-        with self._engine.begin() as conn:
-            conn.execute(delete(_READINGS).where(_READINGS.c.seq > seq))
-
     def _guard(self, action: str) -> "_Guard":
         return _Guard(action)
 
@@ -236,8 +239,9 @@ class _Guard:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 _tb: object) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object
+    ) -> None:
         if isinstance(exc, SQLAlchemyError):
             raise StoreError(f"cannot {self._action}: {_reason(exc)}") from exc
 
@@ -250,9 +254,9 @@ def _reason(exc: SQLAlchemyError) -> str:
 class AsyncStore:
     """`Store` driven from asyncio: every call runs on one dedicated worker thread."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, executor: ThreadPoolExecutor) -> None:
         self.store = store
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrogate-store")
+        self._executor = executor
 
     @classmethod
     async def open(cls, url: str, *, station: str) -> "AsyncStore":
@@ -260,16 +264,11 @@ class AsyncStore:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrogate-store")
         loop = asyncio.get_running_loop()
         try:
-            store = await loop.run_in_executor(
-                executor, lambda: Store.open(url, station=station)
-            )
+            store = await loop.run_in_executor(executor, lambda: Store.open(url, station=station))
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        instance = cls.__new__(cls)
-        instance.store = store
-        instance._executor = executor
-        return instance
+        return cls(store, executor)
 
     async def call(self, function: Callable[..., T], *args: Any) -> T:  # noqa: ANN401
         """Run `function(*args)` on the store's thread."""

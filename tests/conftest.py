@@ -20,6 +20,8 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A throwaway PostgreSQL cluster for the whole session."""
-    with tempfile.TemporaryDirectory(prefix="metrogate-pg-") as workdir:
-        with running_postgres(Path(workdir)) as url:
-            yield url
+    with (
+        tempfile.TemporaryDirectory(prefix="metrogate-pg-") as workdir,
+        running_postgres(Path(workdir)) as url,
+    ):
+        yield url

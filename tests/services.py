@@ -40,8 +40,10 @@ def find_binary(name: str, *candidates: str) -> str:
     for candidate in candidates:
         if Path(candidate).exists():
             return candidate
-    msg = (f"{name} is not installed; run .ci/run or scripts/test.sh, which install it "
-           f"(Debian: apt-get install {name})")
+    msg = (
+        f"{name} is not installed; run .ci/run or scripts/test.sh, which install it "
+        f"(Debian: apt-get install {name})"
+    )
     raise RuntimeError(msg)
 
 
@@ -62,15 +64,16 @@ class Mosquitto:
         conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
-            "persistence false\n"
+            "persistence true\n"
+            f"persistence_location {self.workdir}/\n"
             "max_inflight_messages 100\n"
             "max_queued_messages 100000\n"
             "log_dest stderr\n"
             "log_type error\n"
         )
         binary = find_binary("mosquitto", "/usr/sbin/mosquitto")
-        log = (self.workdir / "mosquitto.log").open("ab")
-        self.process = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
+        with (self.workdir / "mosquitto.log").open("ab") as log:
+            self.process = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
         wait_for_port(self.port)
 
     def stop(self) -> None:
@@ -129,14 +132,43 @@ def running_postgres(workdir: Path) -> Iterator[str]:
         shutil.chown(datadir, "postgres")
         workdir.chmod(0o755)
         prefix = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*prefix, _pg_bin("initdb"), "-D", str(datadir), "-A", "trust",
-                    "-U", "postgres", "--no-sync"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            *prefix,
+            _pg_bin("initdb"),
+            "-D",
+            str(datadir),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+        ],
+        check=True,
+        capture_output=True,
+    )
     log = workdir / "postgres.log"
-    subprocess.run([*prefix, _pg_bin("pg_ctl"), "-D", str(datadir), "-l", str(log), "-w",
-                    "-o", f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1 -c fsync=off",
-                    "start"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            *prefix,
+            _pg_bin("pg_ctl"),
+            "-D",
+            str(datadir),
+            "-l",
+            str(log),
+            "-w",
+            "-o",
+            f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*prefix, _pg_bin("pg_ctl"), "-D", str(datadir), "-m", "immediate",
-                        "stop"], check=False, capture_output=True)
+        subprocess.run(
+            [*prefix, _pg_bin("pg_ctl"), "-D", str(datadir), "-m", "immediate", "stop"],
+            check=False,
+            capture_output=True,
+        )

@@ -9,9 +9,9 @@ retries and automatic reconnects are disabled, because the scheduler owns retry 
 """
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from types import TracebackType
-from typing import Final, Self
+from typing import Final, Protocol, Self
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
@@ -36,8 +36,13 @@ _EXCEPTION_CODES: Final = {
 _MAX_READ: Final = 125  # registers per FC 03/04 request, V1.1b3 sections 6.3 and 6.4
 _ADDRESS_SPACE: Final = 0x10000
 _MAX_DEVICE_ID: Final = 255
+_UNLIMITED: Final = 2**62
 
-_Read = Callable[..., Awaitable[ModbusPDU]]
+
+class _ReadRegisters(Protocol):
+    """`AsyncModbusTcpClient.read_holding_registers` or `.read_input_registers`."""
+
+    def __call__(self, address: int, *, count: int, device_id: int) -> Awaitable[ModbusPDU]: ...
 
 
 class ModbusTcpBus:
@@ -51,6 +56,11 @@ class ModbusTcpBus:
 
     After the connection drops, the next request reconnects once (no loop, no delay): the
     scheduler's poll period is the retry policy.
+
+    Args:
+        client: a connected pymodbus client made with ``retries=0, reconnect_delay=0``.
+        host: the peer's host name or address, for messages.
+        port: the peer's TCP port, for messages.
     """
 
     def __init__(self, client: AsyncModbusTcpClient, *, host: str, port: int) -> None:
@@ -132,7 +142,7 @@ class ModbusTcpBus:
         await self.aclose()
 
     async def _read(
-        self, request: _Read, function_code: int, address: int, count: int, device_id: int
+        self, request: _ReadRegisters, function_code: int, address: int, count: int, device_id: int
     ) -> list[int]:
         if not 1 <= count <= _MAX_READ:
             raise ValueError(f"count must be 1..{_MAX_READ}, not {count}")
@@ -154,7 +164,11 @@ class ModbusTcpBus:
             except ConnectionException as exc:
                 raise TransportError(f"{what}: connection lost: {exc}") from exc
             except ModbusIOException as exc:
-                # pymodbus raises this when no (matching) reply came within the timeout.
+                # pymodbus raises this when no (matching) reply came within the timeout; it
+                # keeps waiting when the peer closes or resets the connection meanwhile, so
+                # tell the two apart afterwards: a lost connection is not a slow device.
+                if not self._client.connected:
+                    raise TransportError(f"{what}: connection lost: {exc}") from exc
                 raise TransportTimeoutError(f"{what}: no reply: {exc}") from exc
         if response.isError():
             code = response.exception_code
@@ -197,6 +211,10 @@ async def open_modbus_tcp(
         retries=0,  # the scheduler owns retry policy
         reconnect_delay=0,  # no background reconnect task; `_read` reconnects on demand
     )
+    # pymodbus drops the connection after a few unanswered requests in a row; behind a
+    # TCP-to-RS-485 gateway that would let one dead meter cut off every other device on
+    # the bus, so only a connection that is really lost (reset or closed) ends it.
+    client.set_max_no_responses(_UNLIMITED)
     if not await client.connect():
         client.close()
         raise TransportError(f"Modbus TCP {host}:{port}: cannot connect within {timeout} s")

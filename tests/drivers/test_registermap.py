@@ -78,7 +78,7 @@ def test_builtin_names_list_the_shipped_maps() -> None:
 
 @pytest.mark.parametrize("name", ["no_such_meter", "../sdm630", "SDM630", ""])
 def test_unknown_builtin_map_is_a_register_map_error(name: str) -> None:
-    with pytest.raises(RegisterMapError, match="available: .*sdm630"):
+    with pytest.raises(RegisterMapError, match=r"available: .*sdm630"):
         load_builtin_map(name)
 
 
@@ -98,7 +98,7 @@ def test_map_from_any_path(tmp_path: Path) -> None:
 
 def test_unknown_entry_lists_valid_names() -> None:
     register_map = load_builtin_map("sdm630")
-    with pytest.raises(KeyError, match="voltage_l1.*total_energy"):
+    with pytest.raises(KeyError, match=r"voltage_l1.*total_energy"):
         register_map.entry("voltage_l4")
 
 
@@ -180,5 +180,5 @@ def test_missing_file_is_an_os_error(tmp_path: Path) -> None:
 
 
 def test_parse_names_the_given_source() -> None:
-    with pytest.raises(RegisterMapError, match="^register map config/x.toml: "):
+    with pytest.raises(RegisterMapError, match=r"^register map config/x\.toml: "):
         parse_register_map("", source="config/x.toml")

@@ -12,8 +12,9 @@ from gateway.canonical import canonical_json, jcs_number
 from gateway.errors import StampError
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
-scalars = st.one_of(finite, st.integers(-(2**53) + 1, 2**53 - 1), st.text(), st.none(),
-                    st.booleans())
+scalars = st.one_of(
+    finite, st.integers(-(2**53) + 1, 2**53 - 1), st.text(), st.none(), st.booleans()
+)
 # Reading keys are fixed ASCII names; orjson sorts keys by UTF-8 bytes, which equals JCS's
 # UTF-16 order for every key below U+E000, so the keys are drawn from that range.
 keys = st.text(alphabet=st.characters(max_codepoint=0xD7FF), max_size=8)
@@ -35,8 +36,16 @@ def test_numbers_equal_rfc8785(value: float) -> None:
 
 @pytest.mark.parametrize(
     ("value", "text"),
-    [(1.0, "1"), (-0.0, "0"), (1e16, "10000000000000000"), (4.87e-6, "0.00000487"),
-     (1e21, "1e+21"), (1.5e-7, "1.5e-7"), (1206.42, "1206.42"), (0.1 + 0.2, "0.30000000000000004")],
+    [
+        (1.0, "1"),
+        (-0.0, "0"),
+        (1e16, "10000000000000000"),
+        (4.87e-6, "0.00000487"),
+        (1e21, "1e+21"),
+        (1.5e-7, "1.5e-7"),
+        (1206.42, "1206.42"),
+        (0.1 + 0.2, "0.30000000000000004"),
+    ],
 )
 def test_known_numbers(value: float, text: str) -> None:
     assert canonical_json({"v": value}) == b'{"v":' + text.encode() + b"}"

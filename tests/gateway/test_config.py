@@ -57,8 +57,10 @@ def test_minimal_file_loads_with_defaults() -> None:
 def test_wrong_type_names_line_and_key_path() -> None:
     text = MINIMAL.replace("poll_interval = 1.0", 'poll_interval = "fast"')
     assert problems_of(text) == [
-        "station.toml:13: instrument[0].poll_interval: Input should be a valid number, "
-        "unable to parse string as a number (got 'fast')"
+        (
+            "station.toml:13: instrument[0].poll_interval: Input should be a valid number, "
+            "unable to parse string as a number (got 'fast')"
+        )
     ]
 
 
@@ -92,16 +94,20 @@ def test_missing_key() -> None:
 
 def test_references_are_checked() -> None:
     text = MINIMAL.replace('bus = "com1"', 'bus = "com9"').replace(
-        'resolution = 0.01', 'resolution = 0.01\ncertificate = "CAL-1"'
+        "resolution = 0.01", 'resolution = 0.01\ncertificate = "CAL-1"'
     )
     found = problems_of(text)
     assert 'station.toml:11: instrument[0].bus: no bus "com9" (known: com1)' in found
-    assert ('station.toml:20: instrument[0].channel[0].certificate: '
-            'no certificate "CAL-1" in this file') in found
+    assert (
+        "station.toml:20: instrument[0].channel[0].certificate: "
+        'no certificate "CAL-1" in this file'
+    ) in found
 
 
 def test_modbus_source_must_exist_in_the_register_map() -> None:
-    text = MINIMAL + """
+    text = (
+        MINIMAL
+        + """
 [[bus]]
 id = "lan"
 kind = "modbus-tcp"
@@ -120,21 +126,29 @@ quantity = "voltage"
 unit = "V"
 resolution = 0.1
 """
+    )
     found = problems_of(text)
     assert len(found) == 1
     assert found[0].startswith('station.toml:34: instrument[1].channel[0].source: "voltage_l9"')
 
 
 def test_driver_needs_the_right_bus_kind() -> None:
-    text = MINIMAL.replace('kind = "serial"\nport = "/dev/ttyUSB0"',
-                           'kind = "modbus-tcp"\nhost = "127.0.0.1"')
+    text = MINIMAL.replace(
+        'kind = "serial"\nport = "/dev/ttyUSB0"', 'kind = "modbus-tcp"\nhost = "127.0.0.1"'
+    )
     found = problems_of(text)
-    assert found == ['station.toml:11: instrument[0].bus: driver "mtsics" needs a serial bus, '
-                     '"com1" is modbus-tcp']
+    assert found == [
+        (
+            'station.toml:11: instrument[0].bus: driver "mtsics" needs a serial bus, '
+            '"com1" is modbus-tcp'
+        )
+    ]
 
 
 def test_certificate_unit_must_match_channel() -> None:
-    text = MINIMAL.replace('resolution = 0.01', 'resolution = 0.01\ncertificate = "C1"') + """
+    text = (
+        MINIMAL.replace("resolution = 0.01", 'resolution = 0.01\ncertificate = "C1"')
+        + """
 [[certificate]]
 id = "C1"
 valid_from = 2026-01-01
@@ -142,6 +156,7 @@ valid_until = 2025-01-01
 unit = "kg"
 points = [{ x = 1.0, c = 0.0, U = 0.1 }]
 """
+    )
     found = problems_of(text)
     assert "station.toml:25: certificate[0].valid_until: must not be before valid_from" in found
     assert any("instrument[0].channel[0].unit" in p and '"kg"' in p for p in found)

@@ -1,0 +1,103 @@
+# SPDX-License-Identifier: Apache-2.0
+"""raw → corrected → stamped → stored: correction, honest flags, durable commit."""
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+
+from gateway.pipeline import Pipeline, measure
+from gateway.stamp import Stamper, verify_chain
+from gateway.store import AsyncStore
+from tests.gateway.factories import NOW, acquired, balance_certificate, spec
+
+
+def test_traceable_reading_is_corrected_with_its_uncertainty() -> None:
+    # DOMAIN.md §1 case 2 without the repeatability term: C(750.224 g) = -0.15004 g.
+    channel = spec(balance_certificate())
+    [reading] = measure([acquired(750.224, channel)])
+    assert reading.value == pytest.approx(750.0739552, abs=1e-9)
+    assert reading.indication == 750.224
+    # DOMAIN's u_c = 0.034176 g includes s_mean = 0.005099 g; without it:
+    assert reading.u == pytest.approx((0.034176**2 - 0.005099**2) ** 0.5, rel=1e-4)
+    assert reading.expanded_u == pytest.approx(2 * reading.u)
+    assert reading.k == 2.0
+    assert reading.certificate == "CAL-2026-0117"
+    assert reading.flags == ()
+    assert reading.time == "2026-06-01T12:00:00.000000Z"
+
+
+def test_no_certificate_is_flagged_and_uncorrected() -> None:
+    [reading] = measure([acquired(750.0, spec(None))])
+    assert reading.value == 750.0
+    assert (reading.u, reading.expanded_u, reading.k) == (None, None, None)
+    assert reading.flags == ("NO_CERTIFICATE",)
+
+
+def test_expired_certificate_still_corrects_but_is_flagged() -> None:
+    channel = spec(balance_certificate(valid_until=datetime(2026, 5, 1, tzinfo=UTC)))
+    [reading] = measure([acquired(750.224, channel, time=NOW)])
+    assert reading.flags == ("CERT_EXPIRED",)
+    assert reading.value == pytest.approx(750.0739552, abs=1e-9)
+
+
+def test_not_yet_valid_certificate_is_flagged() -> None:
+    channel = spec(balance_certificate())
+    [reading] = measure([acquired(750.0, channel, time=datetime(2025, 1, 1, tzinfo=UTC))])
+    assert reading.flags == ("CERT_NOT_YET_VALID",)
+
+
+def test_out_of_range_is_never_extrapolated() -> None:
+    channel = spec(balance_certificate())
+    [reading] = measure([acquired(1200.0, channel)])
+    assert reading.value == 1200.0
+    assert reading.u is None
+    assert reading.flags == ("OUT_OF_CALIBRATED_RANGE",)
+    assert reading.certificate == "CAL-2026-0117"
+
+
+def test_unit_mismatch_is_not_corrected() -> None:
+    channel = spec(balance_certificate())
+    [reading] = measure([acquired(0.75, channel, unit="kg")])
+    assert reading.unit == "kg"
+    assert reading.value == 0.75
+    assert reading.flags == ("UNIT_MISMATCH",)
+
+
+def test_unstable_is_flagged_alongside_others() -> None:
+    channel = spec(balance_certificate())
+    readings = measure(
+        [acquired(750.0, channel, stable=False), acquired(1500.0, channel, stable=False)]
+    )
+    assert readings[0].flags == ("UNSTABLE",)
+    assert readings[0].u is not None
+    assert readings[1].flags == ("OUT_OF_CALIBRATED_RANGE", "UNSTABLE")
+
+
+def test_order_is_kept_across_channels() -> None:
+    with_cert, without = spec(balance_certificate()), spec(None)
+    batch = [acquired(600.0 + i, with_cert if i % 2 else without) for i in range(20)]
+    assert [r.indication for r in measure(batch)] == [600.0 + i for i in range(20)]
+
+
+async def test_pipeline_commits_batches_and_notifies(tmp_path: Path) -> None:
+    store = await AsyncStore.open(f"sqlite:///{tmp_path / 'm.db'}", station="lab-1")
+    committed: list[int] = []
+    pipeline = Pipeline(
+        store, Stamper("lab-1"), batch_max=7, batch_latency=0.01, on_commit=committed.append
+    )
+    channel = spec(balance_certificate())
+    task = asyncio.create_task(pipeline.run())
+    await pipeline.submit([acquired(500.0 + i, channel) for i in range(30)])
+    await pipeline.close()
+    await task
+    assert pipeline.last_seq == 30
+    assert committed[-1] == 30
+    assert all(b - a <= 7 for a, b in zip([0, *committed], committed, strict=False))
+    rows = await store.call(lambda: store.store.readings(ascending=True))
+    assert [r["indication"] for r in rows] == [500.0 + i for i in range(30)]
+    objects = [{"hash": r["hash"], **orjson.loads(r["body"])} for r in rows]
+    assert list(verify_chain(objects)) == []
+    await store.aclose()

@@ -1,0 +1,123 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The hash chain: anyone recomputes it from the payload; tampering of any kind shows."""
+
+import hashlib
+import itertools
+
+import orjson
+import pytest
+import rfc8785
+
+from gateway.errors import StampError
+from gateway.stamp import (
+    GENESIS_HASH,
+    Stamper,
+    parse_payload,
+    published_payload,
+    verify_chain,
+)
+from tests.gateway.factories import measured
+
+
+def published(count: int) -> list[dict[str, object]]:
+    stamper = Stamper("lab-1")
+    stamped = stamper.stamp([measured(1000.0 + i / 100) for i in range(count)])
+    return parse_payload(published_payload((s.hash, s.body) for s in stamped))
+
+
+def test_hash_is_recomputable_with_any_json_library() -> None:
+    first = published(1)[0]
+    document = {key: value for key, value in first.items() if key != "hash"}
+    expected = hashlib.sha256(bytes.fromhex(GENESIS_HASH) + rfc8785.dumps(document)).hexdigest()
+    assert first["hash"] == expected
+    assert first["seq"] == 1
+    assert first["prev_hash"] == GENESIS_HASH
+    assert first["value"] == 1000.0
+    assert len(str(first["id"])) == 36
+
+
+def test_published_fields() -> None:
+    assert set(published(1)[0]) == {
+        "id",
+        "station",
+        "seq",
+        "instrument",
+        "channel",
+        "quantity",
+        "indication",
+        "value",
+        "unit",
+        "u",
+        "U",
+        "k",
+        "certificate",
+        "time",
+        "flags",
+        "prev_hash",
+        "hash",
+    }
+
+
+def test_chain_links_and_seq_is_contiguous() -> None:
+    readings = published(50)
+    assert [r["seq"] for r in readings] == list(range(1, 51))
+    assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(readings))
+    assert list(verify_chain(readings)) == []
+
+
+def test_ids_are_unique_and_time_ordered() -> None:
+    ids = [str(r["id"]) for r in published(200)]
+    assert len(set(ids)) == 200
+    assert ids == sorted(ids)
+
+
+def test_edited_value_is_found() -> None:
+    readings = published(10)
+    readings[4]["value"] = 1000.5
+    problems = list(verify_chain(readings))
+    assert [(p.seq, p.kind) for p in problems] == [(5, "hash")]
+
+
+def test_deleted_reading_is_found() -> None:
+    readings = published(10)
+    del readings[3]
+    kinds = {(p.seq, p.kind) for p in verify_chain(readings)}
+    assert kinds == {(5, "gap"), (5, "link")}
+
+
+def test_reordered_readings_are_found() -> None:
+    readings = published(10)
+    readings[2], readings[3] = readings[3], readings[2]
+    assert {p.kind for p in verify_chain(readings)} == {"gap", "link"}
+
+
+def test_inserted_reading_is_found() -> None:
+    readings = published(5)
+    forged = dict(readings[2])
+    readings.insert(3, forged)
+    assert any(p.kind in {"gap", "link"} for p in verify_chain(readings))
+
+
+def test_head_moves_only_on_advance() -> None:
+    stamper = Stamper("lab-1")
+    batch = stamper.stamp([measured(1.0), measured(2.0)])
+    again = stamper.stamp([measured(1.0), measured(2.0)])
+    assert [s.seq for s in again] == [1, 2]  # a failed commit re-uses the seqs
+    stamper.advance(batch)
+    assert stamper.last_seq == 2
+    assert stamper.last_hash == batch[-1].hash
+    with pytest.raises(ValueError, match="head is 2"):
+        stamper.advance(batch)
+
+
+def test_nan_is_refused_before_stamping() -> None:
+    with pytest.raises(StampError):
+        Stamper("lab-1").stamp([measured(float("nan"))])
+
+
+def test_payload_is_a_json_array_of_objects() -> None:
+    stamper = Stamper("lab-1")
+    stamped = stamper.stamp([measured(1.0), measured(2.0)])
+    payload = published_payload((s.hash, s.body) for s in stamped)
+    decoded = orjson.loads(payload)
+    assert [d["hash"] for d in decoded] == [s.hash for s in stamped]

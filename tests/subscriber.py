@@ -1,0 +1,65 @@
+# SPDX-License-Identifier: Apache-2.0
+"""An upstream subscriber for tests: collects readings and status from a real broker."""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomqtt
+import orjson
+
+
+@dataclass
+class Collected:
+    readings: list[dict[str, Any]] = field(default_factory=list)
+    status: list[dict[str, Any]] = field(default_factory=list)
+    messages: int = 0
+
+    def by_seq(self) -> dict[int, dict[str, Any]]:
+        return {int(r["seq"]): r for r in self.readings}
+
+    async def wait_for_seq(self, seq: int, timeout: float = 20.0) -> None:
+        async with asyncio.timeout(timeout):
+            while seq not in self.by_seq():
+                await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def subscribed(port: int, topic: str = "metrogate/v1/#") -> AsyncIterator[Collected]:
+    """Subscribe (QoS 1, persistent session) and collect until the block ends.
+
+    The session survives broker restarts as long as the broker keeps it; the collector
+    reconnects by itself.
+    """
+    collected = Collected()
+    ready = asyncio.Event()
+
+    async def listen() -> None:
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    "127.0.0.1", port, identifier="test-collector", clean_session=False
+                ) as client:
+                    await client.subscribe(topic, qos=1)
+                    ready.set()
+                    async for message in client.messages:
+                        payload = orjson.loads(bytes(message.payload))  # type: ignore[arg-type]
+                        if str(message.topic).endswith("/readings"):
+                            collected.messages += 1
+                            collected.readings.extend(payload)
+                        elif str(message.topic).endswith("/status"):
+                            collected.status.append(payload)
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.1)
+
+    task = asyncio.create_task(listen())
+    async with asyncio.timeout(10):
+        await ready.wait()
+    try:
+        yield collected
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
