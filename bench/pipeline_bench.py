@@ -32,25 +32,46 @@ from gateway.store import AsyncStore, Store
 
 def _certificate() -> Certificate:
     return Certificate.from_points(
-        certificate_id="CAL-BENCH", unit="g", issuer="bench", kind="calibration",
-        valid_from=datetime(2026, 1, 1, tzinfo=UTC), valid_until=datetime(2036, 1, 1, tzinfo=UTC),
-        abscissa="indication", convention="correction",
-        points=[(0.0, 0.0, 0.02, 2.0), (500.0, -0.10, 0.06, 2.0), (1000.0, -0.20, 0.08, 2.0),
-                (2000.0, -0.35, 0.15, 2.0)],
+        certificate_id="CAL-BENCH",
+        unit="g",
+        issuer="bench",
+        kind="calibration",
+        valid_from=datetime(2026, 1, 1, tzinfo=UTC),
+        valid_until=datetime(2036, 1, 1, tzinfo=UTC),
+        abscissa="indication",
+        convention="correction",
+        points=[
+            (0.0, 0.0, 0.02, 2.0),
+            (500.0, -0.10, 0.06, 2.0),
+            (1000.0, -0.20, 0.08, 2.0),
+            (2000.0, -0.35, 0.15, 2.0),
+        ],
     )
 
 
 def _readings(count: int, instruments: int = 20) -> list[Acquired]:
     certificate = _certificate()
     specs = [
-        ChannelSpec(instrument=f"balance-{i}", channel="mass", quantity="mass", unit="g",
-                    resolution=0.01, certificate_id="CAL-BENCH", certificate=certificate)
+        ChannelSpec(
+            instrument=f"balance-{i}",
+            channel="mass",
+            quantity="mass",
+            unit="g",
+            resolution=0.01,
+            certificate_id="CAL-BENCH",
+            certificate=certificate,
+        )
         for i in range(instruments)
     ]
     now = datetime.now(UTC)
     return [
-        Acquired(spec=specs[i % instruments], indication=100.0 + (i % 1800) + 0.01 * (i % 7),
-                 unit="g", stable=True, time=now)
+        Acquired(
+            spec=specs[i % instruments],
+            indication=100.0 + (i % 1800) + 0.01 * (i % 7),
+            unit="g",
+            stable=True,
+            time=now,
+        )
         for i in range(count)
     ]
 
@@ -62,10 +83,13 @@ def _mosquitto(workdir: Path) -> Iterator[str]:
         port = sock.getsockname()[1]
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     conf = workdir / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-                    "max_inflight_messages 100\nmax_queued_messages 100000\n")
-    process = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+        "max_inflight_messages 100\nmax_queued_messages 100000\n"
+    )
+    process = subprocess.Popen(
+        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -93,8 +117,11 @@ def _stage_figures(count: int, workdir: Path) -> None:
         store.append(stamped[start : start + 5000])
     commit_s = time.perf_counter() - started
     store.close()
-    for name, seconds in (("calibrate", calibrate_s), ("stamp", stamp_s),
-                          ("commit (SQLite WAL, synchronous=FULL, 5000/txn)", commit_s)):
+    for name, seconds in (
+        ("calibrate", calibrate_s),
+        ("stamp", stamp_s),
+        ("commit (SQLite WAL, synchronous=FULL, 5000/txn)", commit_s),
+    ):
         print(f"  {name:<50} {count / seconds:>12,.0f} readings/s")
 
 
@@ -103,8 +130,9 @@ async def _end_to_end(count: int, broker: str, workdir: Path) -> None:
     store = await AsyncStore.open(f"sqlite:///{workdir / 'e2e.db'}", station="bench")
     upstream = UpstreamSection(broker=broker, max_readings_per_message=500, max_inflight=20)
     forwarder = Forwarder(upstream, "bench", store, forwarded_seq=0, window=10_000)
-    pipeline = Pipeline(store, Stamper("bench"), batch_max=5000, batch_latency=0.02,
-                        on_commit=forwarder.notify)
+    pipeline = Pipeline(
+        store, Stamper("bench"), batch_max=5000, batch_latency=0.02, on_commit=forwarder.notify
+    )
     forward_task = asyncio.create_task(forwarder.run())
     cpu0, wall0 = time.process_time(), time.perf_counter()
     pipeline_task = asyncio.create_task(pipeline.run())
@@ -118,10 +146,14 @@ async def _end_to_end(count: int, broker: str, workdir: Path) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await forward_task
     await store.aclose()
-    print(f"  committed {count:,} readings in {committed_s:.2f} s; all PUBACKed after "
-          f"{wall:.2f} s ({forwarder.published_messages} messages)")
-    print(f"  end to end: {count / wall:,.0f} readings/s on one core; "
-          f"CPU {1e6 * cpu / count:.1f} µs per reading")
+    print(
+        f"  committed {count:,} readings in {committed_s:.2f} s; all PUBACKed after "
+        f"{wall:.2f} s ({forwarder.published_messages} messages)"
+    )
+    print(
+        f"  end to end: {count / wall:,.0f} readings/s on one core; "
+        f"CPU {1e6 * cpu / count:.1f} µs per reading"
+    )
 
 
 def main() -> None:
@@ -133,8 +165,10 @@ def main() -> None:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     with tempfile.TemporaryDirectory(prefix="metrogate-bench-") as tmp:
         workdir = Path(tmp)
-        print(f"metrogate pipeline benchmark: {args.readings:,} readings, Python "
-              f"{sys.version.split()[0]}, pinned to one core")
+        print(
+            f"metrogate pipeline benchmark: {args.readings:,} readings, Python "
+            f"{sys.version.split()[0]}, pinned to one core"
+        )
         print("stages alone:")
         _stage_figures(args.readings, workdir)
         print("calibrate → stamp → commit → publish with PUBACK:")

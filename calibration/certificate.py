@@ -20,7 +20,7 @@ from typing import Literal, Self, get_args
 
 from calibration.errors import CalibrationError, CertificateExpiredError
 
-CertificateKind = Literal["calibration", "verification"]
+CertificateKind = Literal["calibration", "verification", "in-house"]
 """校准 calibration (values to apply) or 检定 verification (pass/fail, no correction)."""
 
 Abscissa = Literal["indication", "reference"]

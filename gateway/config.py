@@ -317,13 +317,13 @@ def check_references(
                 yield (*at, "source"), f'"{source}" unknown; expected one of {sorted(sources)}'
             if channel.certificate is None:
                 continue
-            cert = certificates.get(channel.certificate)
-            if cert is None:
+            named = certificates.get(channel.certificate)
+            if named is None:
                 yield (*at, "certificate"), f'no certificate "{channel.certificate}" in this file'
-            elif cert.unit != channel.unit:
+            elif named.unit != channel.unit:
                 yield (
                     (*at, "unit"),
-                    f'"{channel.unit}" differs from certificate {cert.id} unit "{cert.unit}"',
+                    f'"{channel.unit}" differs from certificate {named.id} unit "{named.unit}"',
                 )
 
 

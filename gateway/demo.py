@@ -111,7 +111,7 @@ class _Watcher:
                     await client.subscribe(status_topic(upstream.topic_prefix, station), qos=1)
                     self.subscribed.set()
                     async for message in client.messages:
-                        await self._show(orjson.loads(bytes(message.payload)))  # type: ignore[arg-type]
+                        await self._show(orjson.loads(bytes(message.payload)))
             except aiomqtt.MqttError:
                 await asyncio.sleep(0.5)
 

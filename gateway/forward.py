@@ -88,9 +88,10 @@ def _first_mqtt_error(failures: BaseExceptionGroup[BaseException]) -> BaseExcept
     lost, other = failures.split(aiomqtt.MqttError)
     if other is not None or lost is None:
         return failures
-    while isinstance(lost, BaseExceptionGroup):
-        lost = lost.exceptions[0]
-    return lost
+    first: BaseException = lost
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
 
 
 class Forwarder:

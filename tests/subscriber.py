@@ -45,7 +45,7 @@ async def subscribed(port: int, topic: str = "metrogate/v1/#") -> AsyncIterator[
                     await client.subscribe(topic, qos=1)
                     ready.set()
                     async for message in client.messages:
-                        payload = orjson.loads(bytes(message.payload))  # type: ignore[arg-type]
+                        payload = orjson.loads(bytes(message.payload))
                         if str(message.topic).endswith("/readings"):
                             collected.messages += 1
                             collected.readings.extend(payload)

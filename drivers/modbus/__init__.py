@@ -1,1 +1,26 @@
 # SPDX-License-Identifier: Apache-2.0
+"""Modbus meters and flowmeters.
+
+A pure register codec, register maps as data files, and one generic driver
+(`ModbusInstrument`) that reads whatever a map names.
+"""
+
+from drivers.modbus.instrument import ModbusInstrument
+from drivers.modbus.registermap import (
+    RegisterEntry,
+    RegisterMap,
+    RegisterMapError,
+    builtin_map_names,
+    load_builtin_map,
+    load_map,
+)
+
+__all__ = [
+    "ModbusInstrument",
+    "RegisterEntry",
+    "RegisterMap",
+    "RegisterMapError",
+    "builtin_map_names",
+    "load_builtin_map",
+    "load_map",
+]

@@ -22,6 +22,7 @@ def test_traceable_reading_is_corrected_with_its_uncertainty() -> None:
     assert reading.indication == 750.224
     # DOMAIN's u_c = 0.034176 g includes s_mean = 0.005099 g; without it:
     assert reading.u == pytest.approx((0.034176**2 - 0.005099**2) ** 0.5, rel=1e-4)
+    assert reading.u is not None
     assert reading.expanded_u == pytest.approx(2 * reading.u)
     assert reading.k == 2.0
     assert reading.certificate == "CAL-2026-0117"

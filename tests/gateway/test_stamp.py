@@ -3,6 +3,7 @@
 
 import hashlib
 import itertools
+from typing import Any
 
 import orjson
 import pytest
@@ -19,7 +20,7 @@ from gateway.stamp import (
 from tests.gateway.factories import measured
 
 
-def published(count: int) -> list[dict[str, object]]:
+def published(count: int) -> list[dict[str, Any]]:
     stamper = Stamper("lab-1")
     stamped = stamper.stamp([measured(1000.0 + i / 100) for i in range(count)])
     return parse_payload(published_payload((s.hash, s.body) for s in stamped))
