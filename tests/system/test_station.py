@@ -1,0 +1,382 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The real daemon (`metrogate run`, a separate process) with both simulators and mosquitto.
+
+The simulators run in the test's event loop (a pty pair for the balance, a pymodbus server for
+the meter); the daemon talks to them through its real transports and forwards to a private
+mosquitto; a subscriber in the test collects what arrives upstream.
+"""
+
+import asyncio
+import contextlib
+import signal
+import struct
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from drivers.sim.mtsics import MtSicsSimulator
+from drivers.sim.sdm630 import Sdm630Simulator
+from gateway.stamp import verify_chain
+from gateway.store import Store
+from tests.services import Mosquitto
+from tests.subscriber import Collected, subscribed
+
+STATION = """\
+[station]
+id = "e2e-station"
+data_dir = "{data_dir}"
+
+[store]
+batch_latency = 0.02
+
+[upstream]
+broker = "{broker}"
+status_interval = 0.5
+flush_timeout = 10.0
+reconnect_min = 0.1
+reconnect_max = 0.5
+publish_timeout = 2.0
+
+[[bus]]
+id = "com1"
+kind = "serial"
+port = "{pty}"
+timeout = 0.3
+
+[[bus]]
+id = "lan"
+kind = "modbus-tcp"
+host = "127.0.0.1"
+port = {modbus_port}
+timeout = 0.3
+
+[[instrument]]
+id = "balance-1"
+bus = "com1"
+driver = "mtsics"
+command = "SI"
+poll_interval = 0.1
+
+[[instrument.channel]]
+id = "mass"
+quantity = "mass"
+unit = "g"
+resolution = 0.01
+certificate = "CAL-1"
+
+[[instrument]]
+id = "meter-1"
+bus = "lan"
+driver = "modbus"
+register_map = "sdm630"
+poll_interval = 0.2
+
+[[instrument.channel]]
+id = "voltage-l1"
+source = "voltage_l1"
+quantity = "voltage"
+unit = "V"
+resolution = 0.01
+
+[[instrument.channel]]
+id = "power"
+source = "total_power"
+quantity = "active power"
+unit = "W"
+resolution = 0.1
+
+[[certificate]]
+id = "CAL-1"
+issuer = "Provincial Institute"
+valid_from = 2026-01-01
+valid_until = 2099-12-31
+unit = "g"
+points = [{{ x = 500.0, c = -0.10, U = 0.06 }}, {{ x = 1500.0, c = -0.20, U = 0.08 }}]
+"""
+
+
+def float32(value: float) -> float:
+    return float(struct.unpack(">f", struct.pack(">f", value))[0])
+
+
+@dataclass
+class Bench:
+    """Simulators, broker and a station file pointing at them."""
+
+    tmp: Path
+    balance: MtSicsSimulator
+    meter: Sdm630Simulator
+    broker: Mosquitto
+    config: Path
+
+    async def daemon(self, *extra: str) -> asyncio.subprocess.Process:
+        log = (self.tmp / "daemon.log").open("ab")
+        try:
+            return await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "run",
+                "--config",
+                str(self.config),
+                *extra,
+                stdout=log,
+                stderr=log,
+            )
+        finally:
+            log.close()
+
+    def log(self) -> str:
+        return (self.tmp / "daemon.log").read_text(errors="replace")
+
+    def store(self) -> Store:
+        return Store.open(
+            f"sqlite:///{self.tmp / 'data' / 'metrogate.db'}", station="e2e-station", create=False
+        )
+
+
+@pytest.fixture
+async def bench(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[Bench]:
+    async with (
+        MtSicsSimulator(weight_g=1000.0, noise_g=0.05, seed=7) as balance,
+        Sdm630Simulator(host="127.0.0.1", port=0) as meter,
+    ):
+        meter.set("voltage_l1", 231.2)
+        meter.set("total_power", 1534.5)
+        config = tmp_path / "station.toml"
+        config.write_text(
+            STATION.format(
+                data_dir=tmp_path / "data",
+                broker=mosquitto.url,
+                pty=balance.port,
+                modbus_port=meter.port,
+            )
+        )
+        yield Bench(tmp_path, balance, meter, mosquitto, config)
+
+
+async def stop(process: asyncio.subprocess.Process, bench: Bench) -> int:
+    process.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(20):
+        code = await process.wait()
+    assert code == 0, bench.log()
+    return code
+
+
+async def wait_stored(bench: Bench, count: int, seconds: float = 20.0) -> None:
+    async with asyncio.timeout(seconds):
+        while True:
+            with contextlib.suppress(Exception):
+                store = bench.store()
+                try:
+                    if store.count() >= count:
+                        return
+                finally:
+                    store.close()
+            await asyncio.sleep(0.1)
+
+
+def stored(bench: Bench) -> tuple[list[dict[str, Any]], int]:
+    store = bench.store()
+    try:
+        return store.readings(ascending=True), store.forwarded_seq()
+    finally:
+        store.close()
+
+
+def check_upstream(collected: Collected, rows: list[dict[str, Any]]) -> None:
+    """Every stored reading arrived upstream exactly as stored, and the chain verifies."""
+    received = collected.by_seq()
+    assert sorted(received) == [row["seq"] for row in rows] == list(range(1, len(rows) + 1))
+    for row in rows:
+        published = received[row["seq"]]
+        assert published["hash"] == row["hash"]
+        assert {k: v for k, v in published.items() if k != "hash"} == orjson.loads(row["body"])
+    assert list(verify_chain(received[seq] for seq in sorted(received))) == []
+
+
+async def test_every_reading_served_arrives_upstream_unchanged(bench: Bench) -> None:
+    async with subscribed(bench.broker.port) as collected:
+        process = await bench.daemon()
+        await wait_stored(bench, 30)
+        await stop(process, bench)
+        rows, forwarded = stored(bench)
+        await collected.wait_for_seq(len(rows))
+    assert forwarded == len(rows)  # SIGTERM flushed everything committed
+    check_upstream(collected, rows)
+
+    # The balance: what the simulator served, in order, is what was stored (SIGTERM may
+    # interrupt the very last exchange).
+    masses = [r for r in rows if r["instrument"] == "balance-1"]
+    served = [(value, unit) for value, unit, _stable in bench.balance.served]
+    assert [(r["indication"], r["unit"]) for r in masses] == served[: len(masses)]
+    assert len(masses) >= len(served) - 1
+    assert all(r["certificate"] == "CAL-1" and r["expanded_u"] is not None for r in masses)
+    unstable = {i for i, (_v, _u, stable) in enumerate(bench.balance.served) if not stable}
+    assert all(("UNSTABLE" in r["flags"]) == (i in unstable) for i, r in enumerate(masses))
+
+    # The meter: float32 values from the registers, flagged as uncertified.
+    volts = [r for r in rows if r["channel"] == "voltage-l1"]
+    watts = [r for r in rows if r["channel"] == "power"]
+    assert volts
+    assert len(volts) == len(watts)
+    assert {r["indication"] for r in volts} == {float32(231.2)}
+    assert {r["indication"] for r in watts} == {float32(1534.5)}
+    assert {r["flags"] for r in volts} == {"NO_CERTIFICATE"}
+    statuses = [s["state"] for s in collected.status]
+    assert statuses[0] == "online"
+    assert statuses[-1] == "offline"
+
+
+async def test_broker_restart_mid_run_loses_nothing(bench: Bench) -> None:
+    async with subscribed(bench.broker.port) as collected:
+        process = await bench.daemon()
+        await wait_stored(bench, 10)
+        bench.broker.stop()
+        await asyncio.sleep(1.5)  # readings keep being acquired and committed meanwhile
+        bench.broker.start()
+        await asyncio.sleep(1.0)
+        await stop(process, bench)
+        rows, forwarded = stored(bench)
+        await collected.wait_for_seq(len(rows))
+    assert forwarded == len(rows)
+    check_upstream(collected, rows)
+    assert "buffering in the store" in bench.log()
+
+
+async def test_sigkill_then_restart_delivers_everything_committed(bench: Bench) -> None:
+    async with subscribed(bench.broker.port) as collected:
+        process = await bench.daemon()
+        await wait_stored(bench, 15)
+        process.kill()
+        await process.wait()
+        async with asyncio.timeout(10):  # the broker publishes the last will
+            while not collected.status or collected.status[-1]["state"] != "offline":
+                await asyncio.sleep(0.05)
+        before, _ = stored(bench)
+        process = await bench.daemon()
+        await wait_stored(bench, len(before) + 10)
+        await stop(process, bench)
+        rows, forwarded = stored(bench)
+        await collected.wait_for_seq(len(rows))
+    assert forwarded == len(rows)
+    check_upstream(collected, rows)  # seq never reused or skipped across the kill
+
+
+async def test_garbage_from_one_instrument_does_not_stall_the_other(bench: Bench) -> None:
+    bench.balance.fault = "garbage"
+    async with subscribed(bench.broker.port) as collected:
+        process = await bench.daemon()
+        await wait_stored(bench, 16)  # meter readings keep coming
+        async with asyncio.timeout(10):
+            while not any(
+                s.get("instruments", {}).get("balance-1", {}).get("state") == "down"
+                for s in collected.status
+            ):
+                await asyncio.sleep(0.05)
+        bench.balance.fault = None  # the balance recovers by itself
+        async with asyncio.timeout(15):
+            while not any(r["instrument"] == "balance-1" for r in collected.readings):
+                await asyncio.sleep(0.05)
+        await stop(process, bench)
+    health = next(
+        s
+        for s in collected.status
+        if s.get("instruments", {}).get("balance-1", {}).get("state") == "down"
+    )
+    assert health["instruments"]["balance-1"]["errors"]["protocol"] >= 3
+    assert health["instruments"]["meter-1"]["state"] == "ok"
+    log = bench.log()
+    assert "instrument balance-1 degraded" in log
+    assert "instrument balance-1 recovered" in log
+    assert "Traceback" not in log
+
+
+async def test_restart_continues_the_chain(bench: Bench) -> None:
+    for _ in range(2):
+        process = await bench.daemon()
+        before, _ = stored(bench) if (bench.tmp / "data" / "metrogate.db").exists() else ([], 0)
+        await wait_stored(bench, len(before) + 5)
+        await stop(process, bench)
+    rows, _ = stored(bench)
+    objects = [{"hash": r["hash"], **orjson.loads(r["body"])} for r in rows]
+    assert [o["seq"] for o in objects] == list(range(1, len(rows) + 1))
+    assert list(verify_chain(objects)) == []
+
+
+async def test_readings_command_shows_stamps_and_forwarding(bench: Bench) -> None:
+    process = await bench.daemon()
+    await wait_stored(bench, 8)
+    await stop(process, bench)
+    result = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "readings",
+        "--config",
+        str(bench.config),
+        "--instrument",
+        "balance-1",
+        "--limit",
+        "3",
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await result.communicate()
+    assert result.returncode == 0, err.decode()
+    lines = [orjson.loads(line) for line in out.splitlines()]
+    assert len(lines) == 3
+    assert all(line["forwarded"] for line in lines)
+    assert all(line["reading"]["instrument"] == "balance-1" for line in lines)
+    table = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "readings",
+        "--config",
+        str(bench.config),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    text = (await table.communicate())[0].decode()
+    assert "balance-1/mass" in text
+    assert "meter-1/voltage-l1" in text
+
+
+async def test_unwritable_database_stops_with_a_clear_message(bench: Bench) -> None:
+    (bench.tmp / "data").write_text("a file where the data directory should be")
+    process = await bench.daemon()
+    async with asyncio.timeout(20):
+        code = await process.wait()
+    assert code == 1
+    assert "cannot start: cannot open store" in bench.log()
+    assert "Traceback" not in bench.log()
+
+
+async def test_malformed_config_is_refused_clearly(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(
+        '[station]\nid = "x"\n\n[[instrument]]\nid = "b"\nbus = "nowhere"\n'
+        'driver = "mtsics"\npoll_interval = "often"\n'
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "run",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _out, err = await process.communicate()
+    text = err.decode()
+    assert process.returncode == 1
+    assert f"{config}:8: instrument[0].poll_interval: Input should be a valid number" in text
+    assert f"{config}:4: instrument[0].channel: required key is missing" in text
+    assert "Traceback" not in text
