@@ -28,6 +28,7 @@ from gateway.forward import Forwarder
 from gateway.pipeline import Acquired, ChannelSpec, Pipeline, measure
 from gateway.stamp import Stamper
 from gateway.store import AsyncStore, Store
+from gateway.tuning import keep_heap
 
 
 def _certificate() -> Certificate:
@@ -161,6 +162,7 @@ def main() -> None:
     parser.add_argument("--readings", type=int, default=200_000)
     parser.add_argument("--broker", default=None)
     args = parser.parse_args()
+    keep_heap()  # as `metrogate run` does
     with contextlib.suppress(AttributeError, OSError):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     with tempfile.TemporaryDirectory(prefix="metrogate-bench-") as tmp:

@@ -15,7 +15,7 @@ both paths against the reference implementation (the `rfc8785` package).
 """
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -27,25 +27,29 @@ _EXACT_INT_LIMIT = 2.0**53
 _SORTED = orjson.OPT_SORT_KEYS
 
 
-def canonical_json(document: Mapping[str, Any]) -> bytes:
+def canonical_json(
+    document: Mapping[str, Any], *, float_keys: Iterable[str] | None = None
+) -> bytes:
     """Return the JCS bytes of a flat reading document.
 
     Values may be str, int, float, bool, None or lists of those (one level deep, as readings
     are). Keys must lie below U+E000 (reading keys are ASCII): there orjson's key order
     (UTF-8 bytes) and JCS's (UTF-16 code units) agree.
 
+    `float_keys`, when given, names the only members that may hold floats (the hot path of
+    stamping, which knows its document's shape); otherwise every member is looked at.
+
     Raises:
         StampError: a float is NaN or infinite.
     """
     slow = False
-    normalised: dict[str, Any] = {}
-    for key, value in document.items():
+    normalised: dict[str, Any] = dict(document)
+    for key in document if float_keys is None else float_keys:
+        value = normalised[key]
         if type(value) is float:
             number, big = _normalise(key, value)
             normalised[key] = number
             slow = slow or big
-        else:
-            normalised[key] = value
     if slow:
         return _encode_slow(normalised).encode("utf-8")
     return orjson.dumps(normalised, option=_SORTED)

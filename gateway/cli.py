@@ -18,6 +18,7 @@ import orjson
 from gateway.config import StationConfig, load_config
 from gateway.errors import ConfigError, StoreError
 from gateway.store import Store
+from gateway.tuning import keep_heap
 
 log = logging.getLogger("metrogate")
 
@@ -142,7 +143,7 @@ def cmd_readings(args: argparse.Namespace) -> int:
     rows.reverse()
     if args.json:
         for row in rows:
-            reading = {"hash": row["hash"], **orjson.loads(row["body"])}
+            reading = {key: value for key, value in row.items() if key != "body"}
             sys.stdout.write(
                 orjson.dumps({"forwarded": row["seq"] <= forwarded, "reading": reading}).decode()
                 + "\n"
@@ -159,13 +160,13 @@ def cmd_readings(args: argparse.Namespace) -> int:
 
 
 def _row_line(row: dict[str, Any], forwarded: int) -> str:
-    expanded = "-" if row["expanded_u"] is None else f"{row['expanded_u']:.3g}"
+    expanded = "-" if row["U"] is None else f"{row['U']:.3g}"
     name = f"{row['instrument']}/{row['channel']}"
     return (
         f"{row['seq']:>8}  {row['time']:<27} {name:<24} {row['indication']:>14.6g} "
         f"{row['value']:>14.8g} {expanded:>10} {row['unit']:<5} "
         f"{'yes' if row['seq'] <= forwarded else 'no':<3} {row['hash'][:12]} "
-        f"{row['flags'] or 'OK'}"
+        f"{','.join(row['flags']) or 'OK'}"
     )
 
 
@@ -220,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``metrogate`` console script."""
     args = build_parser().parse_args(argv)
     _configure_logging(args.log_level)
+    keep_heap()
     status: int = args.handler(args)
     return status
 

@@ -29,6 +29,7 @@ from gateway.scheduler import BusWorker, InstrumentHealth
 from gateway.stamp import Stamper
 from gateway.store import AsyncStore, redact
 from gateway.systemd import notify, watchdog_period
+from gateway.tuning import settle
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class Station:
         ]
         watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
         stop_task = asyncio.create_task(stop.wait(), name="stop")
+        settle()
         notify("READY=1\nSTATUS=polling")
         self.ready.set()
         log.info(

@@ -10,26 +10,22 @@ from sqlmodel import Field, SQLModel
 
 
 class ReadingRow(SQLModel, table=True):
-    """One stamped reading; `body` is exactly the canonical JSON its hash covers."""
+    """One stamped reading.
+
+    `body` is exactly the canonical JSON its hash covers, so it is the reading: value, unit,
+    uncertainty, certificate and flags live there (query them with SQLite's ``json_extract``
+    or PostgreSQL's ``jsonb`` operators). The other columns are what the station itself
+    looks readings up by. Keeping the row narrow keeps the hot-path insert cheap.
+    """
 
     __tablename__ = "readings"
 
     seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
     id: str = Field(unique=True, max_length=36)
-    station: str = Field(max_length=64)
     instrument: str = Field(index=True, max_length=64)
     channel: str = Field(max_length=64)
-    quantity: str
-    indication: float
-    value: float
-    unit: str
-    u: float | None = None
-    expanded_u: float | None = None
-    k: float | None = None
-    certificate: str | None = None
     time: str = Field(index=True, max_length=32)
     flags: str = ""
-    prev_hash: str = Field(max_length=64)
     hash: str = Field(max_length=64)
     body: bytes
 

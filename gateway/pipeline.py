@@ -77,19 +77,27 @@ def measure(batch: Sequence[Acquired]) -> list[Measured]:
     for index, item in enumerate(batch):
         groups.setdefault(id(item.spec), []).append(index)
     results: list[Measured | None] = [None] * len(batch)
+    times = _TimeText()
     for indexes in groups.values():
         spec = batch[indexes[0]].spec
         usable = [i for i in indexes if batch[i].unit == spec.unit]
         for i in indexes:
             if batch[i].unit != spec.unit:
-                results[i] = _uncorrected(batch[i], ("UNIT_MISMATCH",))
+                results[i] = _uncorrected(batch[i], ("UNIT_MISMATCH",), times)
         if spec.certificate is None:
             for i in usable:
-                results[i] = _uncorrected(batch[i], ("NO_CERTIFICATE",))
-            continue
-        if usable:
-            _correct_group(batch, usable, spec, spec.certificate, results)
+                results[i] = _uncorrected(batch[i], ("NO_CERTIFICATE",), times)
+        elif usable:
+            _correct_group(batch, usable, spec, spec.certificate, results=results, times=times)
     return [result for result in results if result is not None]
+
+
+class _TimeText(dict[datetime, str]):
+    """RFC 3339 text of acquisition times; the readings of one poll share one time."""
+
+    def __missing__(self, moment: datetime) -> str:
+        text = self[moment] = rfc3339(moment)
+        return text
 
 
 def _correct_group(
@@ -97,7 +105,9 @@ def _correct_group(
     indexes: list[int],
     spec: ChannelSpec,
     certificate: Certificate,
+    *,
     results: list[Measured | None],
+    times: _TimeText,
 ) -> None:
     indication = np.fromiter(
         (batch[i].indication for i in indexes), dtype=np.float64, count=len(indexes)
@@ -110,15 +120,23 @@ def _correct_group(
     expanded = corrected.expanded_uncertainty.tolist()
     in_range = corrected.in_range.tolist()
     k = float(corrected.coverage_factor)
+    validity: dict[datetime, tuple[str, ...]] = {}
     for position, i in enumerate(indexes):
         item = batch[i]
-        flags = _validity_flags(item.time, certificate)
-        if not item.stable:
-            flags.append("UNSTABLE")
-        if not in_range[position]:
-            flags.append("OUT_OF_CALIBRATED_RANGE")
-            results[i] = _uncorrected(item, tuple(flags), certificate=spec.certificate_id)
-            continue
+        flags = validity.get(item.time)
+        if flags is None:
+            flags = validity[item.time] = _validity_flags(item.time, certificate)
+        if not item.stable or not in_range[position]:
+            extra = ("UNSTABLE",) if not item.stable else ()
+            if not in_range[position]:
+                results[i] = _uncorrected(
+                    item,
+                    (*flags, *extra, "OUT_OF_CALIBRATED_RANGE"),
+                    times,
+                    certificate=spec.certificate_id,
+                )
+                continue
+            flags = tuple(sorted((*flags, *extra)))
         results[i] = Measured(
             instrument=spec.instrument,
             channel=spec.channel,
@@ -130,21 +148,21 @@ def _correct_group(
             expanded_u=expanded[position],
             k=k,
             certificate=spec.certificate_id,
-            time=rfc3339(item.time),
-            flags=tuple(sorted(flags)),
+            time=times[item.time],
+            flags=flags,
         )
 
 
-def _validity_flags(moment: datetime, certificate: Certificate) -> list[str]:
+def _validity_flags(moment: datetime, certificate: Certificate) -> tuple[str, ...]:
     if moment < certificate.valid_from:
-        return ["CERT_NOT_YET_VALID"]
+        return ("CERT_NOT_YET_VALID",)
     if moment > certificate.valid_until:
-        return ["CERT_EXPIRED"]
-    return []
+        return ("CERT_EXPIRED",)
+    return ()
 
 
 def _uncorrected(
-    item: Acquired, flags: tuple[str, ...], *, certificate: str | None = None
+    item: Acquired, flags: tuple[str, ...], times: _TimeText, *, certificate: str | None = None
 ) -> Measured:
     spec = item.spec
     all_flags = set(flags)
@@ -161,7 +179,7 @@ def _uncorrected(
         expanded_u=None,
         k=None,
         certificate=certificate or spec.certificate_id,
-        time=rfc3339(item.time),
+        time=times[item.time],
         flags=tuple(sorted(all_flags)),
     )
 
@@ -198,8 +216,12 @@ class Pipeline:
 
     async def submit(self, items: Sequence[Acquired]) -> None:
         """Queue acquired readings; waits while the queue is full (backpressure)."""
+        queue = self._queue
         for item in items:
-            await self._queue.put(item)
+            if queue.full():
+                await queue.put(item)
+            else:
+                queue.put_nowait(item)
 
     async def close(self) -> None:
         """Ask `run` to commit what is queued and return (acquisition has stopped)."""

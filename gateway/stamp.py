@@ -22,11 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from uuid6 import uuid7
+from uuid_utils import uuid7
 
 from gateway.canonical import canonical_json
 
 GENESIS_HASH = "0" * 64
+#: The members of a reading object that hold floats (or null).
+FLOAT_KEYS = ("indication", "value", "u", "U", "k")
 
 #: Flags that make a reading not traceable (the value is still recorded and forwarded).
 UNTRACEABLE_FLAGS = frozenset(
@@ -139,25 +141,28 @@ class Stamper:
             StampError: a reading holds NaN or an infinity (nothing of the batch is stamped).
         """
         seq, prev_hash = self.last_seq, self.last_hash
+        prev_digest = bytes.fromhex(prev_hash)
         station = self.station
         stamped: list[Stamped] = []
         append = stamped.append
         for measured in batch:
             seq += 1
             reading_id = str(uuid7())
-            body = canonical_json(reading_document(station, seq, reading_id, measured, prev_hash))
-            digest = hashlib.sha256(bytes.fromhex(prev_hash) + body).hexdigest()
+            document = reading_document(station, seq, reading_id, measured, prev_hash)
+            body = canonical_json(document, float_keys=FLOAT_KEYS)
+            digest = hashlib.sha256(prev_digest + body).digest()
+            hex_digest = digest.hex()
             append(
                 Stamped(
                     seq=seq,
                     id=reading_id,
                     measured=measured,
                     prev_hash=prev_hash,
-                    hash=digest,
+                    hash=hex_digest,
                     body=body,
                 )
             )
-            prev_hash = digest
+            prev_digest, prev_hash = digest, hex_digest
         return stamped
 
     def advance(self, stamped: Sequence[Stamped]) -> None:

@@ -5,7 +5,6 @@ import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
-import orjson
 import pytest
 
 from gateway.pipeline import Pipeline, measure
@@ -99,6 +98,6 @@ async def test_pipeline_commits_batches_and_notifies(tmp_path: Path) -> None:
     assert all(b - a <= 7 for a, b in zip([0, *committed], committed, strict=False))
     rows = await store.call(lambda: store.store.readings(ascending=True))
     assert [r["indication"] for r in rows] == [500.0 + i for i in range(30)]
-    objects = [{"hash": r["hash"], **orjson.loads(r["body"])} for r in rows]
+    objects = [{k: v for k, v in r.items() if k != "body"} for r in rows]
     assert list(verify_chain(objects)) == []
     await store.aclose()

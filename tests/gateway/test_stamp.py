@@ -3,8 +3,10 @@
 
 import hashlib
 import itertools
+from pathlib import Path
 from typing import Any
 
+import jsonschema
 import orjson
 import pytest
 import rfc8785
@@ -122,3 +124,17 @@ def test_payload_is_a_json_array_of_objects() -> None:
     payload = published_payload((s.hash, s.body) for s in stamped)
     decoded = orjson.loads(payload)
     assert [d["hash"] for d in decoded] == [s.hash for s in stamped]
+
+
+def test_payload_follows_the_published_schema() -> None:
+    schema = orjson.loads(
+        (Path(__file__).parents[2] / "schema" / "readings.schema.json").read_bytes()
+    )
+    jsonschema.Draft202012Validator.check_schema(schema)
+    stamper = Stamper("lab-1")
+    stamped = stamper.stamp([measured(1.0), measured(2.5)])
+    payload = orjson.loads(published_payload((s.hash, s.body) for s in stamped))
+    jsonschema.validate(payload, schema)
+    payload[0]["flags"] = ["SOMETHING_ELSE"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(payload, schema)

@@ -1,0 +1,437 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Bus workers against the real simulators over the real transports: no mocks.
+
+A balance (`MtSicsSimulator` on a pty, through `SerialStream`) and an SDM630 meter
+(`Sdm630Simulator` on loopback, through `ModbusTcpBus`) are polled by `BusWorker`s built
+exactly as the daemon builds them (`link_opener`, `make_driver`, `channel_specs`). Every wait
+is a bounded condition; counts that depend on timing are checked against wide margins.
+"""
+
+import asyncio
+import logging
+import re
+import struct
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drivers.sim.mtsics import Fault as BalanceFault
+from drivers.sim.mtsics import MtSicsSimulator
+from drivers.sim.sdm630 import Fault as MeterFault
+from drivers.sim.sdm630 import Sdm630Simulator
+from drivers.transports.serial import open_serial
+from gateway.config import Instrument, ModbusTcpBus, SerialBus, StationConfig
+from gateway.instruments import channel_specs, link_opener, make_driver
+from gateway.pipeline import Acquired, rfc3339
+from gateway.scheduler import DOWN_AFTER, BusWorker, InstrumentHealth
+
+# Loopback and a pty answer within a millisecond; these leave room for a loaded CI machine
+# while keeping the timeout cases short.
+TIMEOUT = 0.3
+BALANCE_INTERVAL = 0.1
+METER_INTERVAL = 0.1
+# How long a worker may take to reach a state it reaches in well under a second, and to
+# recover after a fault whose exponential backoff has grown for about 1.5 s.
+SETTLE = 3.0
+RECOVERY = 6.0
+# Only the certificates of a station matter to `channel_specs`: none here.
+STATION = StationConfig.model_validate({"station": {"id": "bench"}})
+METER_CHANNELS: tuple[dict[str, Any], ...] = (
+    {"id": "u1", "source": "voltage_l1", "quantity": "voltage", "unit": "V", "resolution": 0.1},
+    {"id": "f", "source": "frequency", "quantity": "frequency", "unit": "Hz", "resolution": 0.01},
+)
+
+
+def _float32(value: float) -> float:
+    """What an SDM630 float32 register holds for `value`."""
+    (rounded,) = struct.unpack(">f", struct.pack(">f", value))
+    return float(rounded)
+
+
+def balance_config(
+    port: str, *, poll_interval: float = BALANCE_INTERVAL
+) -> tuple[SerialBus, Instrument]:
+    bus = SerialBus.model_validate(
+        {"id": "rs232-1", "kind": "serial", "port": port, "timeout": TIMEOUT}
+    )
+    instrument = Instrument.model_validate(
+        {
+            "id": "balance",
+            "bus": bus.id,
+            "driver": "mtsics",
+            "poll_interval": poll_interval,
+            "channel": [{"id": "mass", "quantity": "mass", "unit": "g", "resolution": 0.01}],
+        }
+    )
+    return bus, instrument
+
+
+def meter_config(
+    port: int, *, channels: Sequence[dict[str, Any]] = METER_CHANNELS
+) -> tuple[ModbusTcpBus, Instrument]:
+    bus = ModbusTcpBus.model_validate(
+        {"id": "tcp-1", "kind": "modbus-tcp", "host": "127.0.0.1", "port": port, "timeout": 0.2}
+    )
+    instrument = Instrument.model_validate(
+        {
+            "id": "meter",
+            "bus": bus.id,
+            "driver": "modbus",
+            "register_map": "sdm630",
+            "poll_interval": METER_INTERVAL,
+            "channel": list(channels),
+        }
+    )
+    return bus, instrument
+
+
+class Sink:
+    """Stands where the pipeline stands: keeps each poll's `Acquired` batch and its time.
+
+    Setting `hold` to an event makes the next submit wait for it, as a full pipeline queue
+    would (backpressure); `holding` is set while it waits.
+    """
+
+    def __init__(self) -> None:
+        self.batches: list[list[Acquired]] = []
+        self.times: list[float] = []
+        self.hold: asyncio.Event | None = None
+        self.holding = asyncio.Event()
+
+    @property
+    def items(self) -> list[Acquired]:
+        return [item for batch in self.batches for item in batch]
+
+    async def submit(self, items: Sequence[Acquired]) -> None:
+        self.batches.append(list(items))
+        self.times.append(asyncio.get_running_loop().time())
+        if self.hold is not None:
+            hold, self.hold = self.hold, None
+            self.holding.set()
+            await hold.wait()
+
+
+class Bench:
+    """Runs bus workers as the daemon does, sharing one health dict, and stops them."""
+
+    def __init__(self) -> None:
+        self.health: dict[str, InstrumentHealth] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self, bus: SerialBus | ModbusTcpBus, instrument: Instrument, sink: Sink) -> None:
+        worker = BusWorker(
+            bus.id,
+            [(instrument, channel_specs(STATION, instrument))],
+            open_link=link_opener(bus),
+            make_driver=lambda config, link: make_driver(config, link, Path()),
+            submit=sink.submit,
+            health=self.health,
+        )
+        self._tasks.append(asyncio.create_task(worker.run(), name=f"bus {bus.id}"))
+
+    @property
+    def running(self) -> bool:
+        """True while every worker started is still running (none crashed or returned)."""
+        return all(not task.done() for task in self._tasks)
+
+    async def until(self, condition: Callable[[], bool], what: str, *, timeout: float) -> None:
+        """Wait for `condition`; fail naming `what` after `timeout` s or if a worker died."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not condition():
+                    self._check_running()
+                    await asyncio.sleep(0.005)
+        except TimeoutError:
+            health = {key: value.snapshot() for key, value in self.health.items()}
+            pytest.fail(f"not within {timeout} s: {what}; health: {health}")
+
+    async def stop(self) -> None:
+        """Cancel every worker and wait until each has closed its link."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        for task, outcome in zip(tasks, outcomes, strict=True):
+            if not isinstance(outcome, asyncio.CancelledError):
+                pytest.fail(f"{task.get_name()} ended with {outcome!r}")
+
+    def _check_running(self) -> None:
+        for task in self._tasks:
+            if task.done():
+                # A worker never returns: whatever ended it is a bug that must fail loudly.
+                raise AssertionError(f"{task.get_name()} ended") from (
+                    None if task.cancelled() else task.exception()
+                )
+
+
+@pytest.fixture
+async def bench() -> AsyncIterator[Bench]:
+    bench = Bench()
+    yield bench
+    await bench.stop()  # a no-op when the test stopped its workers itself
+
+
+@pytest.fixture
+def transitions(caplog: pytest.LogCaptureFixture) -> Callable[[str], list[str]]:
+    """The state changes the scheduler logged for an instrument, in order."""
+    caplog.set_level(logging.INFO, logger="gateway.scheduler")
+
+    def logged(instrument: str) -> list[str]:
+        pattern = re.compile(rf"instrument {re.escape(instrument)} (degraded|down|recovered)\b")
+        return [
+            match.group(1)
+            for record in caplog.records
+            if record.name == "gateway.scheduler" and (match := pattern.match(record.getMessage()))
+        ]
+
+    return logged
+
+
+async def test_healthy_balance_delivers_what_was_served_in_order(bench: Bench) -> None:
+    async with MtSicsSimulator(weight_g=1000.0, noise_g=0.2, seed=7) as sim:
+        sink = Sink()
+        bench.start(*balance_config(sim.port, poll_interval=0.05), sink)
+        await bench.until(lambda: len(sink.items) >= 8, "8 readings", timeout=SETTLE)
+        await bench.stop()
+        # The worker closed its port: the exclusive lock (flock) is free again.
+        async with await open_serial(sim.port, timeout=TIMEOUT):
+            pass
+
+    indications = [item.indication for item in sink.items]
+    served = [value for value, _unit, _stable in sim.served]
+    assert indications == served[: len(indications)]
+    assert len(served) - len(indications) in {0, 1}  # a poll cancelled after the reply
+    assert len(set(indications)) > 1  # the noise makes the order check mean something
+    assert all(len(batch) == 1 for batch in sink.batches)
+    assert {(item.spec.instrument, item.spec.channel) for item in sink.items} == {
+        ("balance", "mass")
+    }
+    assert {(item.unit, item.stable) for item in sink.items} == {("g", True)}
+    times = [item.time for item in sink.items]
+    assert times == sorted(times)
+    health = bench.health["balance"]
+    assert health.state == "ok"
+    assert health.good == len(indications)
+    assert health.last_good == rfc3339(sink.items[-1].time)
+    assert not health.errors
+    assert (health.consecutive_failures, health.last_error) == (0, None)
+
+
+async def test_healthy_meter_delivers_one_reading_per_channel_per_poll(bench: Bench) -> None:
+    # A second channel fed from voltage_l1: the meter reads it once, both channels get it.
+    channels = (
+        *METER_CHANNELS,
+        {"id": "u1-check", "source": "voltage_l1", "quantity": "voltage", "unit": "V",
+         "resolution": 0.1},
+    )  # fmt: skip
+    async with Sdm630Simulator() as sim:
+        sim.set("voltage_l1", 231.5)
+        sim.set("frequency", 49.98)
+        sink = Sink()
+        bench.start(*meter_config(sim.port, channels=channels), sink)
+        await bench.until(lambda: len(sink.batches) >= 3, "3 polls", timeout=SETTLE)
+        await bench.stop()
+
+    expected = {
+        "u1": (_float32(231.5), "V"),
+        "f": (_float32(49.98), "Hz"),
+        "u1-check": (_float32(231.5), "V"),
+    }
+    for batch in sink.batches:
+        assert len(batch) == len(channels)
+        assert {item.spec.channel: (item.indication, item.unit) for item in batch} == expected
+        assert len({item.time for item in batch}) == 1
+        assert all(item.spec.instrument == "meter" and item.stable for item in batch)
+    health = bench.health["meter"]
+    assert health.state == "ok"
+    assert health.good == len(sink.batches)
+    assert not health.errors
+
+
+@pytest.mark.parametrize(
+    ("fault", "kind"),
+    [("silent", "timeout"), ("garbage", "protocol"), ("overload", "instrument")],
+)
+async def test_failing_balance_never_slows_the_meter_and_recovers(
+    fault: BalanceFault,
+    kind: str,
+    bench: Bench,
+    transitions: Callable[[str], list[str]],
+) -> None:
+    window = 1.5
+    loop = asyncio.get_running_loop()
+    async with MtSicsSimulator(weight_g=500.0) as balance_sim, Sdm630Simulator() as meter_sim:
+        balance_sink, meter_sink = Sink(), Sink()
+        bench.start(*balance_config(balance_sim.port), balance_sink)
+        bench.start(*meter_config(meter_sim.port), meter_sink)
+        balance, meter = bench.health["balance"], bench.health["meter"]
+        await bench.until(
+            lambda: balance.state == meter.state == "ok", "both instruments ok", timeout=SETTLE
+        )
+
+        balance_sim.fault = fault
+        start, meter_good = loop.time(), meter.good
+        await bench.until(lambda: balance.state == "down", "balance down", timeout=SETTLE)
+        await asyncio.sleep(max(0.0, start + window - loop.time()))
+        elapsed, meter_polls = loop.time() - start, meter.good - meter_good
+
+        assert meter_polls >= 0.8 * elapsed / METER_INTERVAL
+        assert meter.state == "ok"
+        assert not meter.errors
+        assert balance.consecutive_failures >= DOWN_AFTER
+        assert dict(balance.errors) == {kind: balance.consecutive_failures}
+        assert balance.last_error is not None
+        assert balance.last_error.startswith(f"{kind}: ")
+        assert transitions("balance") == ["degraded", "down"]
+
+        balance_sim.fault = None
+        balance_sim.weight_g = 612.34
+        resumed_from = len(balance_sink.items)
+        await bench.until(
+            lambda: balance.state == "ok" and len(balance_sink.items) >= resumed_from + 2,
+            "balance recovers and readings resume",
+            timeout=RECOVERY,
+        )
+        await bench.stop()
+
+    # No weight was served while the fault lasted: every reply became exactly one reading.
+    indications = [item.indication for item in balance_sink.items]
+    served = [value for value, _unit, _stable in balance_sim.served]
+    assert indications == served[: len(indications)]
+    assert {*indications[:resumed_from]} == {500.0}
+    assert {*indications[resumed_from:]} == {612.34}
+    assert balance.consecutive_failures == 0
+    assert transitions("balance") == ["degraded", "down", "recovered"]
+    assert transitions("meter") == []
+    assert not meter.errors
+
+
+@pytest.mark.parametrize(("fault", "kind"), [("exception", "instrument"), ("silent", "timeout")])
+async def test_meter_fault_is_classified_and_recovered(
+    fault: MeterFault,
+    kind: str,
+    bench: Bench,
+    transitions: Callable[[str], list[str]],
+) -> None:
+    async with Sdm630Simulator() as sim:
+        sink = Sink()
+        bench.start(*meter_config(sim.port), sink)
+        meter = bench.health["meter"]
+        await bench.until(lambda: meter.state == "ok", "meter ok", timeout=SETTLE)
+
+        sim.fault = fault
+        await bench.until(lambda: meter.errors[kind] >= 1, f"a {kind} error", timeout=SETTLE)
+        assert meter.state in {"degraded", "down"}
+        assert set(meter.errors) == {kind}
+        assert meter.last_error is not None
+        assert meter.last_error.startswith(f"{kind}: ")
+        assert transitions("meter")[0] == "degraded"
+
+        sim.fault = None
+        sim.set("voltage_l1", 228.25)
+        await bench.until(
+            lambda: (
+                meter.state == "ok"
+                and any(item.indication == _float32(228.25) for item in sink.items)
+            ),
+            "recovery with the new voltage",
+            timeout=RECOVERY,
+        )
+        await bench.stop()
+
+    assert set(meter.errors) == {kind}
+    assert meter.consecutive_failures == 0
+    assert transitions("meter")[-1] == "recovered"
+
+
+async def test_meter_link_that_vanishes_is_reopened(
+    bench: Bench, transitions: Callable[[str], list[str]]
+) -> None:
+    sink = Sink()
+    async with Sdm630Simulator() as first:
+        port = first.port
+        bench.start(*meter_config(port), sink)
+        meter = bench.health["meter"]
+        await bench.until(lambda: meter.good >= 2, "two good polls", timeout=SETTLE)
+    # The meter is gone (server shut down, its connections closed) while the worker runs.
+    good = meter.good
+    await bench.until(lambda: meter.state == "down", "meter down", timeout=SETTLE)
+    assert set(meter.errors) <= {"transport", "timeout"}
+    assert meter.errors.total() >= DOWN_AFTER
+    assert meter.good == good
+    assert bench.running
+
+    async with Sdm630Simulator(port=port) as second:
+        second.set("voltage_l1", 225.5)
+        await bench.until(
+            lambda: any(item.indication == _float32(225.5) for item in sink.items),
+            "readings from the restarted meter",
+            timeout=RECOVERY,
+        )
+        assert meter.state == "ok"
+        await bench.stop()
+    assert transitions("meter") == ["degraded", "down", "recovered"]
+
+
+async def test_serial_port_that_does_not_exist_yet_is_retried(
+    bench: Bench, tmp_path: Path, transitions: Callable[[str], list[str]]
+) -> None:
+    # A symlink stands for a USB adapter that is plugged in while the gateway runs.
+    port = tmp_path / "ttyUSB-balance"
+    async with MtSicsSimulator(weight_g=250.0) as sim:
+        sink = Sink()
+        bench.start(*balance_config(str(port)), sink)
+        balance = bench.health["balance"]
+        await bench.until(
+            lambda: balance.errors["transport"] >= 2, "a second open attempt", timeout=SETTLE
+        )
+        assert balance.state in {"degraded", "down"}
+        assert set(balance.errors) == {"transport"}
+        assert balance.last_error is not None
+        assert str(port) in balance.last_error
+        assert balance.good == 0
+        assert bench.running
+
+        port.symlink_to(sim.port)
+        await bench.until(
+            lambda: balance.state == "ok" and len(sink.items) >= 1,
+            "the port opened and read",
+            timeout=RECOVERY,
+        )
+        await bench.stop()
+    assert sink.items[0].indication == 250.0
+    assert transitions("balance")[0] == "degraded"
+    assert transitions("balance")[-1] == "recovered"
+
+
+async def test_polls_due_while_the_bus_is_busy_are_skipped_not_queued(bench: Bench) -> None:
+    interval, held = 0.05, 0.5
+    loop = asyncio.get_running_loop()
+    async with MtSicsSimulator(weight_g=100.0) as sim:
+        sink = Sink()
+        started = loop.time()
+        bench.start(*balance_config(sim.port, poll_interval=interval), sink)
+        balance = bench.health["balance"]
+        await bench.until(lambda: len(sink.batches) >= 2, "two polls", timeout=SETTLE)
+
+        sink.hold = release = asyncio.Event()
+        await asyncio.wait_for(sink.holding.wait(), timeout=SETTLE)
+        await asyncio.sleep(held)
+        released = loop.time()
+        release.set()
+        await asyncio.sleep(held)
+        elapsed = loop.time() - started
+        polls, skipped = balance.polls, balance.skipped
+        await bench.stop()
+
+    intervals = elapsed / interval
+    assert skipped >= 0.5 * held / interval
+    # Every due instant was either polled or skipped, never both, never twice...
+    assert polls + skipped <= intervals + 2
+    # ...so far fewer polls were made than instants came due,
+    assert polls <= intervals + 1 - 0.5 * held / interval
+    # and the bus did not catch up in a burst once it was free again.
+    assert sum(released <= moment < released + 2 * interval for moment in sink.times) <= 4
+    assert balance.state == "ok"
