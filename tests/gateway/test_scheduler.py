@@ -272,12 +272,15 @@ async def test_failing_balance_never_slows_the_meter_and_recovers(
         )
 
         balance_sim.fault = fault
-        start, meter_good = loop.time(), meter.good
+        start, meter_good, balance_polls = loop.time(), meter.good, balance.polls
         await bench.until(lambda: balance.state == "down", "balance down", timeout=SETTLE)
         await asyncio.sleep(max(0.0, start + window - loop.time()))
-        elapsed, meter_polls = loop.time() - start, meter.good - meter_good
+        elapsed = loop.time() - start
+        meter_polls, balance_polls = meter.good - meter_good, balance.polls - balance_polls
 
         assert meter_polls >= 0.8 * elapsed / METER_INTERVAL
+        # The failing balance is retried with a growing backoff, not at its poll interval.
+        assert balance_polls <= 0.6 * elapsed / BALANCE_INTERVAL
         assert meter.state == "ok"
         assert not meter.errors
         assert balance.consecutive_failures >= DOWN_AFTER
@@ -358,6 +361,8 @@ async def test_meter_link_that_vanishes_is_reopened(
     # The meter is gone (server shut down, its connections closed) while the worker runs.
     good = meter.good
     await bench.until(lambda: meter.state == "down", "meter down", timeout=SETTLE)
+    # Down on the DOWN_AFTER-th failure: the next attempt is a 1 s link backoff away.
+    assert meter.consecutive_failures == DOWN_AFTER
     assert set(meter.errors) <= {"transport", "timeout"}
     assert meter.errors.total() >= DOWN_AFTER
     assert meter.good == good
@@ -387,7 +392,8 @@ async def test_serial_port_that_does_not_exist_yet_is_retried(
         await bench.until(
             lambda: balance.errors["transport"] >= 2, "a second open attempt", timeout=SETTLE
         )
-        assert balance.state in {"degraded", "down"}
+        # Attempts at 0, 0.5 and 1.5 s (link backoff): still short of DOWN_AFTER failures.
+        assert balance.state == "degraded"
         assert set(balance.errors) == {"transport"}
         assert balance.last_error is not None
         assert str(port) in balance.last_error
