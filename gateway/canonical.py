@@ -90,3 +90,24 @@ def _encode_slow(value: Any) -> str:  # noqa: ANN401 - a JSON value of any type
     if type(value) is float:
         return jcs_number(value)
     return orjson.dumps(value).decode("utf-8")
+
+
+class NeedsSlowPathError(Exception):
+    """`plain_number` met a float that orjson does not write as JCS (or NaN/infinity)."""
+
+
+def plain_number(value: float | None) -> float | int | None:
+    """Return what orjson must be given to write `value` as JCS does.
+
+    For the hot path of stamping; raises `NeedsSlowPathError` for the rare values that need
+    `canonical_json` (which also refuses NaN and infinities with a `StampError`).
+    """
+    if value is None:
+        return None
+    if value.is_integer():
+        if -_EXACT_INT_LIMIT < value < _EXACT_INT_LIMIT:
+            return int(value)
+        raise NeedsSlowPathError
+    if value - value != 0.0 or 1e-6 <= abs(value) < 1e-5:  # noqa: PLR2004 - NaN/inf, or e-form
+        raise NeedsSlowPathError
+    return value

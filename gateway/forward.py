@@ -15,7 +15,9 @@ same offline object as the MQTT last will when the station vanishes.
 """
 
 import asyncio
+import collections
 import contextlib
+import itertools
 import logging
 import random
 import ssl
@@ -29,7 +31,7 @@ import orjson
 
 from gateway.config import UpstreamSection
 from gateway.pipeline import rfc3339
-from gateway.stamp import published_payload
+from gateway.stamp import Stamped, published_payload
 from gateway.store import AsyncStore, Pending
 
 log = logging.getLogger(__name__)
@@ -113,6 +115,8 @@ class Forwarder:
         self._health = health
         self._window = window
         self._wake = asyncio.Event()
+        self._recent: collections.deque[Pending] = collections.deque()
+        self._recent_max = 20 * window
         self._progress = asyncio.Condition()
         self.forwarded_seq = forwarded_seq
         self.connected = False
@@ -121,9 +125,30 @@ class Forwarder:
         prefix = settings.topic_prefix
         self._status_topic = status_topic(prefix, station)
 
-    def notify(self, _seq: int = 0) -> None:
-        """Tell the forwarder new readings were committed."""
+    def notify(self, committed: Sequence[Stamped] = ()) -> None:
+        """Tell the forwarder that readings were committed (handing them over if it can).
+
+        While the forwarder keeps up, committed readings go to the broker from memory; when
+        it falls behind by more than its memory bound (an outage), it forgets them and reads
+        the store, which holds everything, until it has caught up.
+        """
+        if committed:
+            if len(self._recent) + len(committed) <= self._recent_max:
+                self._recent.extend(
+                    Pending(s.seq, s.measured.instrument, s.hash, s.body) for s in committed
+                )
+            else:
+                self._recent.clear()
         self._wake.set()
+
+    async def _next_window(self) -> list[Pending]:
+        """The next readings to publish: from memory when they follow on, else from the store."""
+        recent, after = self._recent, self.forwarded_seq
+        while recent and recent[0].seq <= after:
+            recent.popleft()
+        if recent and recent[0].seq == after + 1:
+            return list(itertools.islice(recent, self._window))
+        return await self._store.call(self._store.store.pending, after, self._window)
 
     async def run(self) -> None:
         """Connect, forward, reconnect with backoff; runs until cancelled."""
@@ -220,9 +245,7 @@ class Forwarder:
         prefix, station = self._settings.topic_prefix, self._station
         while True:
             self._wake.clear()
-            window = await self._store.call(
-                self._store.store.pending, self.forwarded_seq, self._window
-            )
+            window = await self._next_window()
             if not window:
                 await self._wake.wait()
                 continue

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 import numpy as np
 
@@ -49,9 +50,11 @@ class ChannelSpec:
     coverage_factor: float = 2.0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Acquired:
-    """A raw indication as received, with the channel it belongs to and its UTC time."""
+class Acquired(NamedTuple):
+    """A raw indication as received, with the channel it belongs to and its UTC time.
+
+    A named tuple for the hot path (see `gateway.stamp.Measured`).
+    """
 
     spec: ChannelSpec
     indication: float
@@ -194,7 +197,7 @@ class Pipeline:
         *,
         batch_max: int = 5000,
         batch_latency: float = 0.05,
-        on_commit: Callable[[int], None] = lambda _seq: None,
+        on_commit: Callable[[Sequence[Stamped]], None] = lambda _stamped: None,
     ) -> None:
         self._store = store
         self._stamper = stamper
@@ -281,5 +284,5 @@ class Pipeline:
         self._stamper.advance(stamped)
         self.committed += len(stamped)
         if stamped:
-            self._on_commit(stamped[-1].seq)
+            self._on_commit(stamped)
         return stamped

@@ -19,16 +19,14 @@ those seqs was ever acknowledged or published).
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from uuid_utils import uuid7
 
-from gateway.canonical import canonical_json
+from gateway.canonical import NeedsSlowPathError, canonical_json, plain_number
 
 GENESIS_HASH = "0" * 64
-#: The members of a reading object that hold floats (or null).
-FLOAT_KEYS = ("indication", "value", "u", "U", "k")
 
 #: Flags that make a reading not traceable (the value is still recorded and forwarded).
 UNTRACEABLE_FLAGS = frozenset(
@@ -43,9 +41,11 @@ UNTRACEABLE_FLAGS = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Measured:
+class Measured(NamedTuple):
     """A reading after calibration, before stamping.
+
+    Hot-path values are named tuples, not frozen dataclasses: equally immutable and typed,
+    and three times cheaper to create (0.3 µs against 0.9 µs, at 100 000 a second).
 
     Attributes:
         instrument: instrument id from the station file.
@@ -76,8 +76,7 @@ class Measured:
     flags: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Stamped:
+class Stamped(NamedTuple):
     """A stamped reading: what is stored and published.
 
     Attributes:
@@ -121,6 +120,39 @@ def reading_document(
     }
 
 
+def reading_body(
+    station: str, seq: int, reading_id: str, measured: Measured, prev_hash: str
+) -> bytes:
+    """The canonical JSON of `reading_document`, written fast (the hot path).
+
+    Equal byte for byte to ``canonical_json(reading_document(...))`` (a property test checks
+    it): the members are inserted in JCS order (sorted by UTF-16 code units) so orjson need
+    not sort, and the rare number orjson writes differently takes the general path.
+    """
+    try:
+        document = {
+            "U": plain_number(measured.expanded_u),
+            "certificate": measured.certificate,
+            "channel": measured.channel,
+            "flags": list(measured.flags),
+            "id": reading_id,
+            "indication": plain_number(measured.indication),
+            "instrument": measured.instrument,
+            "k": plain_number(measured.k),
+            "prev_hash": prev_hash,
+            "quantity": measured.quantity,
+            "seq": seq,
+            "station": station,
+            "time": measured.time,
+            "u": plain_number(measured.u),
+            "unit": measured.unit,
+            "value": plain_number(measured.value),
+        }
+    except NeedsSlowPathError:
+        return canonical_json(reading_document(station, seq, reading_id, measured, prev_hash))
+    return orjson.dumps(document)
+
+
 def chain_hash(prev_hash: str, body: bytes) -> str:
     """Return ``sha256(bytes.fromhex(prev_hash) + body)`` as lowercase hex."""
     return hashlib.sha256(bytes.fromhex(prev_hash) + body).hexdigest()
@@ -148,8 +180,7 @@ class Stamper:
         for measured in batch:
             seq += 1
             reading_id = str(uuid7())
-            document = reading_document(station, seq, reading_id, measured, prev_hash)
-            body = canonical_json(document, float_keys=FLOAT_KEYS)
+            body = reading_body(station, seq, reading_id, measured, prev_hash)
             digest = hashlib.sha256(prev_digest + body).digest()
             hex_digest = digest.hex()
             append(

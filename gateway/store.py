@@ -14,9 +14,8 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 from sqlalchemy import Engine, event, func, insert, select, update
@@ -38,8 +37,7 @@ _OUTBOX = "mqtt"
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Pending:
+class Pending(NamedTuple):
     """A committed reading not yet acknowledged by the broker."""
 
     seq: int

@@ -64,12 +64,16 @@ class Mosquitto:
         conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
+            # As root, mosquitto would drop to user "mosquitto", which cannot write the
+            # persistence file in the test's directory; then sessions die with a restart.
+            "user root\n"
             "persistence true\n"
             f"persistence_location {self.workdir}/\n"
             "max_inflight_messages 100\n"
             "max_queued_messages 100000\n"
             "log_dest stderr\n"
             "log_type error\n"
+            "log_type warning\n"
         )
         binary = find_binary("mosquitto", "/usr/sbin/mosquitto")
         with (self.workdir / "mosquitto.log").open("ab") as log:

@@ -153,3 +153,35 @@ async def test_clean_stop_says_offline(tmp_path: Path, mosquitto: Mosquitto) -> 
                 await asyncio.sleep(0.02)
     assert collected.status[0]["instruments"] == {"b1": {"state": "ok"}}
     await store.aclose()
+
+
+async def test_from_memory_while_keeping_up_from_the_store_after_falling_behind(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    store = await AsyncStore.open(f"sqlite:///{tmp_path / 'm.db'}", station="lab-1")
+    stamper = Stamper("lab-1")
+    forwarder = Forwarder(upstream(mosquitto), "lab-1", store, forwarded_seq=0, window=5)
+
+    async def commit_and_hand_over(count: int) -> int:
+        batch = stamper.stamp([measured(float(i)) for i in range(count)])
+        await store.call(store.store.append, batch)
+        stamper.advance(batch)
+        forwarder.notify(batch)
+        return stamper.last_seq
+
+    async with subscribed(mosquitto.port) as collected, forwarding(forwarder):
+        last = await commit_and_hand_over(12)  # kept in memory (bound: 20 windows = 100)
+        await forwarded(forwarder, last, 10)
+        await collected.wait_for_seq(last)
+        mosquitto.stop()
+        for _ in range(30):  # 300 readings while the broker is away: beyond the bound
+            last = await commit_and_hand_over(10)
+        assert len(forwarder._recent) < 100
+        mosquitto.start()
+        last = await commit_and_hand_over(7)
+        await forwarded(forwarder, last, 20)
+        await collected.wait_for_seq(last)
+    received = collected.by_seq()
+    assert sorted(received) == list(range(1, last + 1))
+    assert list(verify_chain(received[seq] for seq in sorted(received))) == []
+    await store.aclose()

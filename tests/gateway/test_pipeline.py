@@ -86,7 +86,11 @@ async def test_pipeline_commits_batches_and_notifies(tmp_path: Path) -> None:
     store = await AsyncStore.open(f"sqlite:///{tmp_path / 'm.db'}", station="lab-1")
     committed: list[int] = []
     pipeline = Pipeline(
-        store, Stamper("lab-1"), batch_max=7, batch_latency=0.01, on_commit=committed.append
+        store,
+        Stamper("lab-1"),
+        batch_max=7,
+        batch_latency=0.01,
+        on_commit=lambda batch: committed.append(batch[-1].seq),
     )
     channel = spec(balance_certificate())
     task = asyncio.create_task(pipeline.run())

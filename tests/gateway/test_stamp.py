@@ -3,6 +3,7 @@
 
 import hashlib
 import itertools
+import math
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +11,20 @@ import jsonschema
 import orjson
 import pytest
 import rfc8785
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from gateway.canonical import canonical_json
 from gateway.errors import StampError
 from gateway.stamp import (
     GENESIS_HASH,
+    UNTRACEABLE_FLAGS,
+    Measured,
     Stamper,
     parse_payload,
     published_payload,
+    reading_body,
+    reading_document,
     verify_chain,
 )
 from tests.gateway.factories import measured
@@ -138,3 +146,41 @@ def test_payload_follows_the_published_schema() -> None:
     payload[0]["flags"] = ["SOMETHING_ELSE"]
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(payload, schema)
+
+
+maybe_float = st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False))
+texts = st.text(max_size=12)
+
+
+finite_floats = st.floats(allow_nan=False, allow_infinity=False)
+readings = st.builds(
+    Measured,
+    instrument=texts,
+    channel=texts,
+    quantity=texts,
+    indication=finite_floats,
+    value=finite_floats,
+    unit=texts,
+    u=maybe_float,
+    expanded_u=maybe_float,
+    k=maybe_float,
+    certificate=st.one_of(st.none(), texts),
+    time=texts,
+    flags=st.lists(st.sampled_from(sorted(UNTRACEABLE_FLAGS | {"UNSTABLE"})), unique=True).map(
+        lambda flags: tuple(sorted(flags))
+    ),
+)
+
+
+@given(station=texts, reading=readings)
+@settings(max_examples=500)
+def test_hot_path_body_equals_the_canonical_json(station: str, reading: Measured) -> None:
+    reading_id = "01a21a6a-355c-71b1-b40c-837b9fc7eae2"
+    document = reading_document(station, 7, reading_id, reading, GENESIS_HASH)
+    body = reading_body(station, 7, reading_id, reading, GENESIS_HASH)
+    assert body == canonical_json(document) == rfc8785.dumps(document)
+
+
+def test_hot_path_refuses_infinity() -> None:
+    with pytest.raises(StampError, match="value is inf"):
+        reading_body("s", 1, "id", measured(1.0)._replace(value=math.inf), GENESIS_HASH)

@@ -8,7 +8,9 @@ mosquitto; a subscriber in the test collects what arrives upstream.
 
 import asyncio
 import contextlib
+import os
 import signal
+import socket
 import struct
 import sys
 from collections.abc import AsyncIterator
@@ -19,6 +21,7 @@ from typing import Any
 import jsonschema
 import orjson
 import pytest
+from sqlalchemy import create_engine, text
 
 from drivers.sim.mtsics import MtSicsSimulator
 from drivers.sim.sdm630 import Sdm630Simulator
@@ -118,7 +121,16 @@ class Bench:
     broker: Mosquitto
     config: Path
 
-    async def daemon(self, *extra: str) -> asyncio.subprocess.Process:
+    def configure(self, **replacements: str) -> None:
+        """Edit the station file: each key's whole line becomes ``key = value``."""
+        lines = self.config.read_text().splitlines()
+        for key, value in replacements.items():
+            lines = [f"{key} = {value}" if line.startswith(f"{key} =") else line for line in lines]
+        self.config.write_text("\n".join(lines) + "\n")
+
+    async def daemon(
+        self, *extra: str, env: dict[str, str] | None = None
+    ) -> asyncio.subprocess.Process:
         log = (self.tmp / "daemon.log").open("ab")
         try:
             return await asyncio.create_subprocess_exec(
@@ -131,6 +143,7 @@ class Bench:
                 *extra,
                 stdout=log,
                 stderr=log,
+                env=None if env is None else {**os.environ, **env},
             )
         finally:
             log.close()
@@ -386,3 +399,76 @@ async def test_malformed_config_is_refused_clearly(tmp_path: Path) -> None:
     assert f"{config}:8: instrument[0].poll_interval: Input should be a valid number" in text
     assert f"{config}:4: instrument[0].channel: required key is missing" in text
     assert "Traceback" not in text
+
+
+async def test_systemd_notify_and_watchdog(bench: Bench) -> None:
+    address = bench.tmp / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(address))
+        sock.setblocking(False)  # noqa: FBT003 - the stdlib's signature
+        loop = asyncio.get_running_loop()
+        process = await bench.daemon(
+            env={"NOTIFY_SOCKET": str(address), "WATCHDOG_USEC": "400000"}
+        )
+        messages: list[str] = []
+        async with asyncio.timeout(20):
+            while messages.count("WATCHDOG=1") < 3:
+                messages.append((await loop.sock_recv(sock, 4096)).decode())
+        assert messages[0] == "READY=1\nSTATUS=polling"  # READY comes before any watchdog ping
+        await stop(process, bench)
+        async with asyncio.timeout(5):
+            while "STOPPING=1" not in messages:
+                messages.append((await loop.sock_recv(sock, 4096)).decode())
+
+
+async def test_postgresql_store(bench: Bench, postgres_url: str) -> None:
+    engine = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text("DROP DATABASE IF EXISTS metrogate_e2e"))
+        conn.execute(text("CREATE DATABASE metrogate_e2e"))
+    engine.dispose()
+    url = postgres_url.rsplit("/", 1)[0] + "/metrogate_e2e"
+    bench.configure(batch_latency=f'0.02\nurl = "{url}"')
+    async with subscribed(bench.broker.port) as collected:
+        process = await bench.daemon()
+        async with asyncio.timeout(20):
+            while len(collected.readings) < 10:
+                await asyncio.sleep(0.05)
+        await stop(process, bench)
+        store = Store.open(url, station="e2e-station", create=False)
+        try:
+            rows, forwarded = store.readings(ascending=True), store.forwarded_seq()
+        finally:
+            store.close()
+        await collected.wait_for_seq(len(rows))
+    assert forwarded == len(rows) >= 10
+    check_upstream(collected, rows)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)"
+)
+async def test_full_disk_stops_acquisition_with_a_clear_message(bench: Bench) -> None:
+    data = bench.tmp / "data"
+    data.mkdir()
+    mount = await asyncio.create_subprocess_exec(
+        "mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(data)
+    )
+    assert await mount.wait() == 0
+    try:
+        bench.configure(poll_interval="0.01", batch_latency="0.0")
+        process = await bench.daemon()
+        async with asyncio.timeout(60):
+            code = await process.wait()
+        log = bench.log()
+        assert code == 1, log
+        assert "acquisition stopped: cannot commit seq" in log
+        assert "database or disk is full" in log
+        assert "Traceback" not in log
+        rows, _ = stored(bench)  # what was committed before is intact and verifies
+        objects = [{k: v for k, v in r.items() if k != "body"} for r in rows]
+        assert len(objects) > 10
+        assert list(verify_chain(objects)) == []
+    finally:
+        umount = await asyncio.create_subprocess_exec("umount", "-l", str(data))
+        await umount.wait()
