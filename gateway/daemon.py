@@ -13,7 +13,6 @@ readings).
 """
 
 import asyncio
-import contextlib
 import logging
 import signal
 from collections.abc import Callable
@@ -104,13 +103,14 @@ class Station:
         status = EXIT_OK
         try:
             await asyncio.wait(
-                [stop_task, pipeline_task, *bus_tasks], return_when=asyncio.FIRST_COMPLETED
+                [stop_task, pipeline_task, forward_task, *bus_tasks],
+                return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
             notify("STOPPING=1")
             await _cancel(*bus_tasks, stop_task)
             status = await self._finish_pipeline(pipeline, pipeline_task)
-            if status == EXIT_OK:
+            if status == EXIT_OK and not forward_task.done():
                 try:
                     async with asyncio.timeout(config.upstream.flush_timeout):
                         await forwarder.wait_forwarded(pipeline.last_seq)
@@ -122,9 +122,11 @@ class Station:
                     )
             await _cancel(forward_task, watchdog)
             await store.aclose()
-            for task in bus_tasks:
-                if not task.cancelled() and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]  # a bug: fail loudly
+        for task in (*bus_tasks, forward_task, watchdog):
+            failure = None if task.cancelled() else task.exception()
+            if failure is not None:  # a bug, not a fault of the field: fail loudly
+                log.critical("%s failed", task.get_name(), exc_info=failure)
+                raise failure
         log.info(
             "station %s stopped: %d readings committed this run, forwarded up to seq %d",
             config.station.id,
@@ -189,11 +191,10 @@ class Station:
 
 
 async def _cancel(*tasks: asyncio.Task[Any]) -> None:
+    """Cancel `tasks` and wait for them; their failures stay on the tasks to be inspected."""
     for task in tasks:
         task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def install_signal_handlers(stop: asyncio.Event, on_reload: Callable[[], None]) -> None:

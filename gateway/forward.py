@@ -30,6 +30,7 @@ import aiomqtt
 import orjson
 
 from gateway.config import UpstreamSection
+from gateway.errors import StoreError
 from gateway.pipeline import rfc3339
 from gateway.stamp import Stamped, published_payload
 from gateway.store import AsyncStore, Pending
@@ -119,6 +120,7 @@ class Forwarder:
         self._recent_max = 20 * window
         self._progress = asyncio.Condition()
         self.forwarded_seq = forwarded_seq
+        self._mark_failing = False
         self.connected = False
         self.published_messages = 0
         self.reconnects = 0
@@ -256,11 +258,31 @@ class Forwarder:
                     group.create_task(
                         client.publish(readings_topic(prefix, station, instrument), payload, qos=1)
                     )
-            await self._store.call(self._store.store.mark_forwarded, window[-1].seq)
+            await self._record(window[-1].seq)
             self.published_messages += len(messages)
             async with self._progress:
                 self.forwarded_seq = window[-1].seq
                 self._progress.notify_all()
+
+    async def _record(self, seq: int) -> None:
+        """Persist the high-water mark; a store that cannot take it does not stop forwarding.
+
+        The broker has acknowledged the window, so the mark moves on in memory. The store
+        catches up at the next mark it can write (marks only move forward); if the station
+        stops before that, the window is published again at the next start (at-least-once).
+        """
+        try:
+            await self._store.call(self._store.store.mark_forwarded, seq)
+        except StoreError as exc:
+            if not self._mark_failing:
+                log.warning(
+                    "cannot record forwarding up to seq %d (%s); publishing goes on", seq, exc
+                )
+            self._mark_failing = True
+        else:
+            if self._mark_failing:
+                log.info("forwarding state recorded again (up to seq %d)", seq)
+            self._mark_failing = False
 
     async def wait_forwarded(self, seq: int) -> None:
         """Return once every reading up to `seq` is acknowledged (callers set a deadline)."""
