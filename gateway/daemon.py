@@ -123,7 +123,7 @@ class Station:
             await _cancel(forward_task, watchdog)
             await store.aclose()
         for task in (*bus_tasks, forward_task, watchdog):
-            failure = None if task.cancelled() else task.exception()
+            failure = None if task.cancelled() or not task.done() else task.exception()
             if failure is not None:  # a bug, not a fault of the field: fail loudly
                 log.critical("%s failed", task.get_name(), exc_info=failure)
                 raise failure
@@ -190,16 +190,40 @@ class Station:
             await asyncio.sleep(period)
 
 
-async def _cancel(*tasks: asyncio.Task[Any]) -> None:
-    """Cancel `tasks` and wait for them; their failures stay on the tasks to be inspected."""
+async def _cancel(*tasks: asyncio.Task[Any], within: float = 10.0) -> None:
+    """Cancel `tasks` and wait for them, at most `within` seconds.
+
+    Their failures stay on the tasks, to be inspected. A task still running then is named
+    in the log and left behind, so that a misbehaving library cannot keep the station from
+    committing, flushing and closing its store.
+    """
     for task in tasks:
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    if not tasks:
+        return
+    _done, stuck = await asyncio.wait(tasks, timeout=within)
+    for task in stuck:
+        log.error("task %s did not stop within %.0f s of being cancelled", task.get_name(), within)
 
 
 def install_signal_handlers(stop: asyncio.Event, on_reload: Callable[[], None]) -> None:
-    """SIGTERM and SIGINT stop the station; SIGHUP calls `on_reload`."""
+    """Install the daemon's signal handlers.
+
+    SIGTERM and SIGINT stop the station; SIGHUP calls `on_reload`; SIGUSR1 logs what every
+    task is waiting for (for a station that seems stuck).
+    """
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, on_reload)
+    loop.add_signal_handler(signal.SIGUSR1, log_tasks)
+
+
+def log_tasks() -> None:
+    """Log every asyncio task with the line it is waiting at."""
+    for task in asyncio.all_tasks():
+        frames = task.get_stack()
+        where = " <- ".join(
+            f"{frame.f_code.co_name}:{frame.f_lineno}" for frame in reversed(frames)
+        )
+        log.warning("task %s: %s", task.get_name(), where or "(not started)")

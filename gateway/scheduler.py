@@ -65,6 +65,19 @@ class InstrumentHealth:
         }
 
 
+def _honour_cancellation() -> None:
+    """Re-raise a cancellation that a library turned into a timeout or I/O error.
+
+    On Python 3.11, `asyncio.wait_for` (used inside pymodbus) raises TimeoutError instead of
+    CancelledError when the cancellation and its own timeout meet; the driver then reports
+    a failed poll, and a worker that retried would never stop. Seen as a station that
+    ignored SIGTERM.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def error_kind(exc: BaseException) -> str:
     """Classify a poll failure for the error counters."""
     if isinstance(exc, TransportTimeoutError | TimeoutError):
@@ -132,6 +145,7 @@ class BusWorker:
         try:
             link = await self._open_link()
         except DriverError as exc:
+            _honour_cancellation()
             self._link_failures += 1
             for slot in self._slots:
                 self._failed(slot, exc)
@@ -162,6 +176,7 @@ class BusWorker:
         try:
             raws = await driver.read()
         except (DriverError, TimeoutError) as exc:
+            _honour_cancellation()
             self._failed(slot, exc)
             if isinstance(exc, TransportError) and not isinstance(exc, TransportTimeoutError):
                 await self._close_link()

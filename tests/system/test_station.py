@@ -14,7 +14,7 @@ import socket
 import struct
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,7 @@ class Bench:
     meter: Sdm630Simulator
     broker: Mosquitto
     config: Path
+    processes: list[asyncio.subprocess.Process] = field(default_factory=list)
 
     def configure(self, **replacements: str) -> None:
         """Edit the station file: each key's whole line becomes ``key = value``."""
@@ -133,7 +134,7 @@ class Bench:
     ) -> asyncio.subprocess.Process:
         log = (self.tmp / "daemon.log").open("ab")
         try:
-            return await asyncio.create_subprocess_exec(
+            process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "gateway.cli",
@@ -147,6 +148,8 @@ class Bench:
             )
         finally:
             log.close()
+        self.processes.append(process)
+        return process
 
     def log(self) -> str:
         return (self.tmp / "daemon.log").read_text(errors="replace")
@@ -174,7 +177,14 @@ async def bench(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[Bench]:
                 modbus_port=meter.port,
             )
         )
-        yield Bench(tmp_path, balance, meter, mosquitto, config)
+        bench = Bench(tmp_path, balance, meter, mosquitto, config)
+        try:
+            yield bench
+        finally:  # a failed test must not leave a daemon behind
+            for process in bench.processes:
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
 
 
 async def stop(process: asyncio.subprocess.Process, bench: Bench) -> int:
