@@ -188,7 +188,7 @@ class Forwarder:
         settings = self._settings
         password = read_secret(settings.password_file) if settings.password_file else None
         offline = orjson.dumps({"state": "offline", "station": self._station})
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             settings.host,
             settings.port,
             identifier=settings.client_id or f"metrogate-{self._station}",
@@ -206,6 +206,10 @@ class Forwarder:
             max_inflight_messages=max(settings.max_inflight, 20),
             max_concurrent_outgoing_calls=settings.max_inflight,
         )
+        # Up to max_inflight publications are awaited at once by design; aiomqtt would log a
+        # warning for each beyond its default threshold of 10.
+        client.pending_calls_threshold = settings.max_inflight + 1
+        return client
 
     async def _session(self) -> None:
         async with self._client() as client:
