@@ -170,6 +170,24 @@ def _row_line(row: dict[str, Any], forwarded: int) -> str:
     )
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show the station's health as its daemon last wrote it."""
+    from gateway.status import format_status, read_status  # noqa: PLC0415
+
+    config = _load(args.config)
+    if isinstance(config, int):
+        return config
+    status = read_status(config.station.data_dir)
+    if status is None:
+        return _fail(f"no status in {config.station.data_dir}: is the daemon running there?")
+    if args.json:
+        sys.stdout.write(orjson.dumps(status).decode() + "\n")
+        return 0
+    for line in format_status(status, stale_after=3 * config.upstream.status_interval):
+        _print(line)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line grammar."""
     parser = argparse.ArgumentParser(
@@ -205,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--config", default=None, help="demo station file (default: bundled)")
     demo.set_defaults(handler=cmd_demo)
+
+    status = commands.add_parser("status", help="instrument health and outbox state")
+    status.add_argument("--config", required=True, help="station file")
+    status.add_argument("--json", action="store_true", help="the raw status object")
+    status.set_defaults(handler=cmd_status)
 
     readings = commands.add_parser("readings", help="list stored readings")
     source = readings.add_mutually_exclusive_group(required=True)

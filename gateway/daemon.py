@@ -14,8 +14,10 @@ readings).
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +25,10 @@ from gateway.config import StationConfig
 from gateway.errors import StoreError
 from gateway.forward import Forwarder
 from gateway.instruments import Link, channel_specs, link_opener, make_driver
-from gateway.pipeline import Pipeline
+from gateway.pipeline import Pipeline, rfc3339
 from gateway.scheduler import BusWorker, InstrumentHealth
 from gateway.stamp import Stamper
+from gateway.status import write_status
 from gateway.store import AsyncStore, redact
 from gateway.systemd import notify, watchdog_period
 from gateway.tuning import settle
@@ -46,10 +49,37 @@ class Station:
         self.pipeline: Pipeline | None = None
         self.forwarder: Forwarder | None = None
         self.ready = asyncio.Event()
+        self._status_unwritable = False
 
     def health_snapshot(self) -> dict[str, Any]:
         """Instrument health as published on the status topic."""
         return {name: health.snapshot() for name, health in self.health.items()}
+
+    def status(self, state: str) -> dict[str, Any]:
+        """The station's status: health, chain head, outbox, broker connection."""
+        pipeline, forwarder = self.pipeline, self.forwarder
+        return {
+            "station": self.config.station.id,
+            "state": state,
+            "time": rfc3339(datetime.now(UTC)),
+            "pid": os.getpid(),
+            "last_seq": pipeline.last_seq if pipeline else None,
+            "backlog": pipeline.backlog if pipeline else None,
+            "forwarded_seq": forwarder.forwarded_seq if forwarder else None,
+            "broker_connected": bool(forwarder and forwarder.connected),
+            "instruments": self.health_snapshot(),
+        }
+
+    def _write_status(self, state: str) -> None:
+        if not write_status(self.config.station.data_dir, self.status(state)):
+            if not self._status_unwritable:
+                log.warning("cannot write the status file in %s", self.config.station.data_dir)
+            self._status_unwritable = True
+
+    async def _status_file_loop(self) -> None:
+        while True:
+            self._write_status("running")
+            await asyncio.sleep(self.config.upstream.status_interval)
 
     async def run(self, stop: asyncio.Event) -> int:
         """Run until `stop` is set or the store fails; return the exit status."""
@@ -90,6 +120,7 @@ class Station:
             for worker in self._workers(pipeline)
         ]
         watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
+        status_file = asyncio.create_task(self._status_file_loop(), name="status file")
         stop_task = asyncio.create_task(stop.wait(), name="stop")
         settle()
         notify("READY=1\nSTATUS=polling")
@@ -120,9 +151,10 @@ class Station:
                         "broker; they stay in the outbox for the next start",
                         pipeline.last_seq - forwarder.forwarded_seq,
                     )
-            await _cancel(forward_task, watchdog)
+            await _cancel(forward_task, watchdog, status_file)
             await store.aclose()
-        for task in (*bus_tasks, forward_task, watchdog):
+            self._write_status("stopped")
+        for task in (*bus_tasks, forward_task, watchdog, status_file):
             failure = None if task.cancelled() or not task.done() else task.exception()
             if failure is not None:  # a bug, not a fault of the field: fail loudly
                 log.critical("%s failed", task.get_name(), exc_info=failure)

@@ -9,6 +9,7 @@ mosquitto; a subscriber in the test collects what arrives upstream.
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import struct
@@ -482,3 +483,43 @@ async def test_full_disk_stops_acquisition_with_a_clear_message(bench: Bench) ->
     finally:
         umount = await asyncio.create_subprocess_exec("umount", "-l", str(data))
         await umount.wait()
+
+
+async def metrogate(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_status_command_shows_health_while_running_and_after(bench: Bench) -> None:
+    code, _out, err = await metrogate("status", "--config", str(bench.config))
+    assert code == 1
+    assert "no status" in err
+    bench.balance.fault = "silent"
+    process = await bench.daemon()
+    await wait_stored(bench, 6)  # the meter keeps going
+    async with asyncio.timeout(15):
+        while True:
+            code, out, _err = await metrogate("status", "--config", str(bench.config), "--json")
+            status = orjson.loads(out) if code == 0 else {}
+            if status.get("instruments", {}).get("balance-1", {}).get("state") == "down":
+                break
+            await asyncio.sleep(0.2)
+    assert status["state"] == "running"
+    assert status["instruments"]["meter-1"]["state"] == "ok"
+    assert status["instruments"]["balance-1"]["errors"]["timeout"] >= 3
+    code, out, _err = await metrogate("status", "--config", str(bench.config))
+    assert code == 0
+    assert re.search(r"balance-1 +down .*timeout \d+", out)
+    assert re.search(r"meter-1 +ok ", out)
+    await stop(process, bench)
+    code, out, _err = await metrogate("status", "--config", str(bench.config))
+    assert "e2e-station: stopped" in out
