@@ -131,6 +131,9 @@ class BusWorker:
             slot.due = loop.time()
         try:
             while True:
+                # Also after a poll that succeeded: on 3.11, wait_for returns the reply when it
+                # arrived just before the cancellation (CPython gh-86296), swallowing it.
+                _honour_cancellation()
                 if self._link is None and not await self._connect():
                     continue
                 slot = min(self._slots, key=lambda s: s.due)

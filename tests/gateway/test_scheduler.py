@@ -16,14 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pymodbus.pdu import ModbusPDU
 
 from drivers.sim.mtsics import Fault as BalanceFault
 from drivers.sim.mtsics import MtSicsSimulator
 from drivers.sim.sdm630 import Fault as MeterFault
 from drivers.sim.sdm630 import Sdm630Simulator
-from drivers.transports.serial import open_serial
+from drivers.transports.modbus import ModbusTcpBus as ModbusTcpLink
+from drivers.transports.serial import SerialStream, open_serial
 from gateway.config import Instrument, ModbusTcpBus, SerialBus, StationConfig
-from gateway.instruments import channel_specs, link_opener, make_driver
+from gateway.instruments import Link, channel_specs, link_opener, make_driver
 from gateway.pipeline import Acquired, rfc3339
 from gateway.scheduler import DOWN_AFTER, BusWorker, InstrumentHealth
 
@@ -36,6 +38,7 @@ METER_INTERVAL = 0.1
 # recover after a fault whose exponential backoff has grown for about 1.5 s.
 SETTLE = 3.0
 RECOVERY = 6.0
+STOP = 2.0
 # Only the certificates of a station matter to `channel_specs`: none here.
 STATION = StationConfig.model_validate({"station": {"id": "bench"}})
 METER_CHANNELS: tuple[dict[str, Any], ...] = (
@@ -114,27 +117,39 @@ class Sink:
 
 
 class Bench:
-    """Runs bus workers as the daemon does, sharing one health dict, and stops them."""
+    """Runs bus workers as the daemon does, sharing one health dict, and stops them.
+
+    It also keeps every link the workers opened (through the real `link_opener`), so that
+    `stop` can check each was closed.
+    """
 
     def __init__(self) -> None:
         self.health: dict[str, InstrumentHealth] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.links: list[Link] = []
 
     def start(self, bus: SerialBus | ModbusTcpBus, instrument: Instrument, sink: Sink) -> None:
+        opener = link_opener(bus)
+
+        async def open_link() -> Link:
+            link = await opener()
+            self.links.append(link)
+            return link
+
         worker = BusWorker(
             bus.id,
             [(instrument, channel_specs(STATION, instrument))],
-            open_link=link_opener(bus),
+            open_link=open_link,
             make_driver=lambda config, link: make_driver(config, link, Path()),
             submit=sink.submit,
             health=self.health,
         )
-        self._tasks.append(asyncio.create_task(worker.run(), name=f"bus {bus.id}"))
+        self.tasks[bus.id] = asyncio.create_task(worker.run(), name=f"bus {bus.id}")
 
     @property
     def running(self) -> bool:
         """True while every worker started is still running (none crashed or returned)."""
-        return all(not task.done() for task in self._tasks)
+        return all(not task.done() for task in self.tasks.values())
 
     async def until(self, condition: Callable[[], bool], what: str, *, timeout: float) -> None:
         """Wait for `condition`; fail naming `what` after `timeout` s or if a worker died."""
@@ -148,22 +163,38 @@ class Bench:
             pytest.fail(f"not within {timeout} s: {what}; health: {health}")
 
     async def stop(self) -> None:
-        """Cancel every worker and wait until each has closed its link."""
-        tasks, self._tasks = self._tasks, []
+        """Cancel every worker; each must end at once, having closed every link it opened."""
+        tasks = list(self.tasks.values())
+        self.tasks.clear()
+        if not tasks:
+            return
         for task in tasks:
             task.cancel()
-        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-        for task, outcome in zip(tasks, outcomes, strict=True):
-            if not isinstance(outcome, asyncio.CancelledError):
-                pytest.fail(f"{task.get_name()} ended with {outcome!r}")
+        # A worker needs at most one reply timeout to close its link.
+        _done, pending = await asyncio.wait(tasks, timeout=STOP)
+        for _ in range(20):  # a worker that ignored its cancellation: insist, then fail
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            _done, pending = await asyncio.wait(pending, timeout=0.1)
+        for task in tasks:
+            if not task.cancelled():
+                pytest.fail(f"{task.get_name()} did not stop when cancelled, or crashed: {task}")
+        assert [link for link in self.links if not _closed(link)] == []
 
     def _check_running(self) -> None:
-        for task in self._tasks:
+        for task in self.tasks.values():
             if task.done():
                 # A worker never returns: whatever ended it is a bug that must fail loudly.
                 raise AssertionError(f"{task.get_name()} ended") from (
                     None if task.cancelled() else task.exception()
                 )
+
+
+def _closed(link: Link) -> bool:
+    assert isinstance(link, SerialStream | ModbusTcpLink)
+    return link.closed
 
 
 @pytest.fixture
@@ -198,6 +229,7 @@ async def test_healthy_balance_delivers_what_was_served_in_order(bench: Bench) -
         # The worker closed its port: the exclusive lock (flock) is free again.
         async with await open_serial(sim.port, timeout=TIMEOUT):
             pass
+        assert len(bench.links) == 1
 
     indications = [item.indication for item in sink.items]
     served = [value for value, _unit, _stable in sim.served]
@@ -359,14 +391,19 @@ async def test_meter_link_that_vanishes_is_reopened(
         meter = bench.health["meter"]
         await bench.until(lambda: meter.good >= 2, "two good polls", timeout=SETTLE)
     # The meter is gone (server shut down, its connections closed) while the worker runs.
-    good = meter.good
     await bench.until(lambda: meter.state == "down", "meter down", timeout=SETTLE)
-    # Down on the DOWN_AFTER-th failure: the next attempt is a 1 s link backoff away.
+    # Down on the DOWN_AFTER-th failure (the poll, then two opens 0.5 s apart); the next
+    # open is a 1 s link backoff away.
     assert meter.consecutive_failures == DOWN_AFTER
     assert set(meter.errors) <= {"transport", "timeout"}
-    assert meter.errors.total() >= DOWN_AFTER
-    assert meter.good == good
+    assert meter.errors.total() == DOWN_AFTER
     assert bench.running
+    [broken] = bench.links
+    assert _closed(broken)
+    # Reopening waits out the link backoff instead of hammering the port (free: the next
+    # open is due 1 s after going down anyway).
+    await asyncio.sleep(0.3)
+    assert meter.errors.total() <= DOWN_AFTER + 1
 
     async with Sdm630Simulator(port=port) as second:
         second.set("voltage_l1", 225.5)
@@ -376,8 +413,37 @@ async def test_meter_link_that_vanishes_is_reopened(
             timeout=RECOVERY,
         )
         assert meter.state == "ok"
+        # One more open, at the backoff's next step: retries are spaced, not hammered.
+        assert len(bench.links) == 2
+        assert meter.errors.total() <= DOWN_AFTER + 1
         await bench.stop()
     assert transitions("meter") == ["degraded", "down", "recovered"]
+
+
+async def test_worker_stops_when_cancelled_as_a_reply_arrives(bench: Bench) -> None:
+    # Python 3.11's asyncio.wait_for, with which pymodbus awaits each reply, returns the reply
+    # instead of raising when it arrived just before the cancellation (CPython gh-86296). The
+    # client's trace hook runs as the reply is decoded, which is exactly that moment.
+    async with Sdm630Simulator() as sim:
+        sink = Sink()
+        bench.start(*meter_config(sim.port), sink)
+        await bench.until(lambda: len(sink.batches) >= 1, "a first poll", timeout=SETTLE)
+        [link] = bench.links
+        assert isinstance(link, ModbusTcpLink)
+        task = bench.tasks["tcp-1"]
+        cancelled: list[bool] = []
+
+        def cancel_on_reply(sending: bool, pdu: ModbusPDU) -> ModbusPDU:  # noqa: FBT001
+            if not sending and not cancelled:
+                cancelled.append(task.cancel())
+            return pdu
+
+        link._client.ctx.trace_pdu = cancel_on_reply
+        done, _pending = await asyncio.wait([task], timeout=STOP)
+        assert cancelled == [True]
+        assert task in done, "the worker polled on after being cancelled"
+        assert task.cancelled()
+        assert link.closed
 
 
 async def test_serial_port_that_does_not_exist_yet_is_retried(
@@ -399,6 +465,10 @@ async def test_serial_port_that_does_not_exist_yet_is_retried(
         assert str(port) in balance.last_error
         assert balance.good == 0
         assert bench.running
+        # Reopening waits out the link backoff instead of hammering the port (free: the third
+        # attempt is due 1.5 s after the first anyway).
+        await asyncio.sleep(0.3)
+        assert balance.errors["transport"] <= 3
 
         port.symlink_to(sim.port)
         await bench.until(
@@ -406,6 +476,9 @@ async def test_serial_port_that_does_not_exist_yet_is_retried(
             "the port opened and read",
             timeout=RECOVERY,
         )
+        # Opened at the backoff's next step (1.5 s), not hammered meanwhile.
+        assert len(bench.links) == 1
+        assert balance.errors["transport"] <= 3
         await bench.stop()
     assert sink.items[0].indication == 250.0
     assert transitions("balance")[0] == "degraded"
