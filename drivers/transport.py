@@ -47,3 +47,33 @@ class RegisterBus(Protocol):
     async def aclose(self) -> None:
         """Release the bus; idempotent."""
         ...
+
+
+class MessageLink(Protocol):
+    """A message-based instrument session (VISA): whole text messages in and out.
+
+    The link adds the write terminator and strips the read terminator; messages are ASCII.
+    """
+
+    async def write(self, message: str) -> None:
+        """Send one program message (a command, no reply expected).
+
+        Raises:
+            TransportTimeoutError: the instrument did not accept it within the timeout.
+            TransportError: the link is gone.
+        """
+        ...
+
+    async def query(self, message: str) -> str:
+        """Send one program message and return the instrument's reply, terminator stripped.
+
+        Raises:
+            TransportTimeoutError: no (complete) reply within the link's reply timeout.
+            TransportError: the link is gone.
+            ProtocolError: the reply is not ASCII text.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release the link; idempotent."""
+        ...

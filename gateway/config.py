@@ -123,7 +123,33 @@ class ModbusTcpBus(_Model):
     timeout: PositiveSeconds = 1.0
 
 
-Bus = Annotated[SerialBus | ModbusTcpBus, Field(discriminator="kind")]
+class ModbusRtuBus(_Model):
+    """A Modbus RTU line (RS-485): several devices, one request at a time."""
+
+    id: Identifier
+    kind: Literal["modbus-rtu"]
+    port: str
+    baudrate: int = Field(default=9600, gt=0)
+    bytesize: Literal[8] = 8  # RTU frames are 8-bit; 7 bits is Modbus ASCII
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    timeout: PositiveSeconds = 1.0
+
+
+class VisaBus(_Model):
+    """A VISA resource (GPIB, USB-TMC, LAN, serial) reached through pyvisa."""
+
+    id: Identifier
+    kind: Literal["visa"]
+    resource: str = Field(min_length=1)
+    library: str = "@py"
+    timeout: PositiveSeconds = 2.0
+    read_termination: str = "\n"
+    write_termination: str = "\n"
+
+
+Bus = Annotated[SerialBus | ModbusTcpBus | ModbusRtuBus | VisaBus, Field(discriminator="kind")]
+AnyBus = SerialBus | ModbusTcpBus | ModbusRtuBus | VisaBus
 
 
 class Channel(_Model):
@@ -143,13 +169,19 @@ class Instrument(_Model):
 
     id: Identifier
     bus: str
-    driver: Literal["mtsics", "modbus"]
+    driver: Literal["mtsics", "sbi", "dlt645", "modbus", "scpi-dmm", "power-analyzer"]
     poll_interval: PositiveSeconds = 1.0
     model: str = ""
     serial_number: str = ""
     command: Literal["S", "SI"] = "S"
+    mode: Literal["request", "stream"] = "request"
+    address: str | None = Field(default=None, pattern=r"^[0-9]{12}$")
     unit_id: int = Field(default=1, ge=0, le=247)
     register_map: str | None = None
+    function: str = "VOLT:DC"
+    range: float | None = Field(default=None, gt=0)
+    nplc: float | None = Field(default=None, gt=0)
+    element: int = Field(default=1, ge=1, le=6)
     channel: list[Channel] = Field(min_length=1)
 
 
@@ -219,7 +251,7 @@ class StationConfig(_Model):
         """The store URL, defaulting to ``DATA_DIR/metrogate.db``."""
         return self.store.url or f"sqlite:///{self.station.data_dir / 'metrogate.db'}"
 
-    def bus_by_id(self, bus_id: str) -> SerialBus | ModbusTcpBus:
+    def bus_by_id(self, bus_id: str) -> AnyBus:
         """Return the bus named `bus_id` (the file was validated, so it exists)."""
         return next(bus for bus in self.bus if bus.id == bus_id)
 
@@ -228,8 +260,17 @@ class StationConfig(_Model):
         return next(cert for cert in self.certificate if cert.id == certificate_id)
 
 
-DRIVER_BUS_KIND = {"mtsics": "serial", "modbus": "modbus-tcp"}
-DRIVER_DEFAULT_SOURCE = {"mtsics": "weight"}
+#: The bus kinds each driver can work on.
+DRIVER_BUS_KINDS: dict[str, tuple[str, ...]] = {
+    "mtsics": ("serial",),
+    "sbi": ("serial",),
+    "dlt645": ("serial",),
+    "modbus": ("modbus-tcp", "modbus-rtu"),
+    "scpi-dmm": ("visa",),
+    "power-analyzer": ("visa",),
+}
+#: The source a channel reads when it names none (drivers with a single quantity).
+DRIVER_DEFAULT_SOURCE = {"mtsics": "weight", "sbi": "weight", "scpi-dmm": "reading"}
 
 
 def load_config(path: str | Path) -> StationConfig:
@@ -293,46 +334,94 @@ def check_references(
         if len(set(xs)) != len(xs):
             yield ("certificate", index, "points"), "two points have the same x"
     for index, instrument in enumerate(config.instrument):
-        where: tuple[Any, ...] = ("instrument", index)
-        bus = buses.get(instrument.bus)
-        if bus is None:
-            known = ", ".join(sorted(buses)) or "none defined"
-            yield (*where, "bus"), f'no bus "{instrument.bus}" (known: {known})'
-        elif bus.kind != DRIVER_BUS_KIND[instrument.driver]:
+        yield from _check_instrument(
+            instrument, ("instrument", index), buses, certificates, base_dir
+        )
+
+
+def _check_instrument(
+    instrument: Instrument,
+    where: tuple[Any, ...],
+    buses: dict[str, AnyBus],
+    certificates: dict[str, CertificateConfig],
+    base_dir: Path,
+) -> Iterator[tuple[tuple[Any, ...], str]]:
+    bus = buses.get(instrument.bus)
+    if bus is None:
+        known = ", ".join(sorted(buses)) or "none defined"
+        yield (*where, "bus"), f'no bus "{instrument.bus}" (known: {known})'
+    elif bus.kind not in DRIVER_BUS_KINDS[instrument.driver]:
+        kinds = " or ".join(DRIVER_BUS_KINDS[instrument.driver])
+        yield (
+            (*where, "bus"),
+            f'driver "{instrument.driver}" needs a {kinds} bus, "{bus.id}" is {bus.kind}',
+        )
+    if instrument.driver == "dlt645" and instrument.address is None:
+        yield (
+            (*where, "address"),
+            "required for driver dlt645 (the 12-digit nameplate address)",
+        )
+    sources = yield from _sources(instrument, where, base_dir)
+    yield from _duplicates((*where, "channel"), [channel.id for channel in instrument.channel])
+    for number, channel in enumerate(instrument.channel):
+        at = (*where, "channel", number)
+        source = channel.source or DRIVER_DEFAULT_SOURCE.get(instrument.driver)
+        if source is None:
             yield (
-                (*where, "bus"),
+                (*at, "source"),
+                "required for this driver (the register-map entry or data item to read)",
+            )
+        elif sources is not None and source not in sources:
+            yield (*at, "source"), f'"{source}" unknown; expected one of {sorted(sources)}'
+        elif sources is not None and sources[source] not in {None, channel.unit}:
+            yield (
+                (*at, "unit"),
                 (
-                    f'driver "{instrument.driver}" needs a '
-                    f'{DRIVER_BUS_KIND[instrument.driver]} bus, "{bus.id}" is {bus.kind}'
+                    f'"{channel.unit}" differs from the unit the instrument reports for '
+                    f'"{source}": "{sources[source]}"'
                 ),
             )
-        sources = yield from _sources(instrument, where, base_dir)
-        yield from _duplicates((*where, "channel"), [channel.id for channel in instrument.channel])
-        for number, channel in enumerate(instrument.channel):
-            at = (*where, "channel", number)
-            source = channel.source or DRIVER_DEFAULT_SOURCE.get(instrument.driver)
-            if source is None:
-                yield (*at, "source"), "required for this driver (a register-map entry name)"
-            elif sources is not None and source not in sources:
-                yield (*at, "source"), f'"{source}" unknown; expected one of {sorted(sources)}'
-            if channel.certificate is None:
-                continue
-            named = certificates.get(channel.certificate)
-            if named is None:
-                yield (*at, "certificate"), f'no certificate "{channel.certificate}" in this file'
-            elif named.unit != channel.unit:
-                yield (
-                    (*at, "unit"),
-                    f'"{channel.unit}" differs from certificate {named.id} unit "{named.unit}"',
-                )
+        if channel.certificate is None:
+            continue
+        named = certificates.get(channel.certificate)
+        if named is None:
+            yield (*at, "certificate"), f'no certificate "{channel.certificate}" in this file'
+        elif named.unit != channel.unit:
+            yield (
+                (*at, "unit"),
+                f'"{channel.unit}" differs from certificate {named.id} unit "{named.unit}"',
+            )
 
 
-def _sources(
+def _sources(  # noqa: PLR0911 - one answer per driver family
     instrument: Instrument, where: tuple[Any, ...], base_dir: Path
-) -> Generator[tuple[tuple[Any, ...], str], None, set[str] | None]:
-    """Yield map problems; return the source names the driver offers (None: not checkable)."""
-    if instrument.driver == "mtsics":
-        return {"weight"}
+) -> Generator[tuple[tuple[Any, ...], str], None, dict[str, str | None] | None]:
+    """Yield driver problems; return the sources the driver offers.
+
+    Each source comes with the unit it reports when that is fixed (None: the instrument
+    says which). The whole answer is None when it cannot be checked.
+    """
+    match instrument.driver:
+        case "mtsics" | "sbi":
+            return {"weight": None}
+        case "scpi-dmm":
+            from drivers.scpi.dmm import FUNCTION_UNITS  # noqa: PLC0415
+
+            unit = FUNCTION_UNITS.get(instrument.function)
+            if unit is None:
+                yield (
+                    (*where, "function"),
+                    f'"{instrument.function}" unknown; expected one of {sorted(FUNCTION_UNITS)}',
+                )
+            return None if unit is None else {"reading": unit}
+        case "power-analyzer":
+            from drivers.scpi.power_analyzer import ITEMS as ANALYZER_ITEMS  # noqa: PLC0415
+
+            return {source: unit for source, _function, unit in ANALYZER_ITEMS}
+        case "dlt645":
+            from drivers.meters.dlt645 import ITEMS  # noqa: PLC0415 - data table, loaded on use
+
+            return {name: item.unit for name, item in ITEMS.items()}
     if instrument.register_map is None:
         yield (*where, "register_map"), 'required for driver modbus (e.g. "sdm630" or a path)'
         return None
@@ -343,7 +432,7 @@ def _sources(
     except RegisterMapError as exc:
         yield (*where, "register_map"), str(exc)
         return None
-    return set(register_map.entries)
+    return {name: register_map.value(name).unit for name in register_map.names}
 
 
 def _duplicates(
@@ -371,8 +460,11 @@ def _describe(error: Any) -> str:  # noqa: ANN401 - pydantic's ErrorDetails is a
 
 
 def _problem(file: str, lines: "_KeyLines", loc: tuple[Any, ...], message: str) -> ConfigProblem:
-    loc = tuple(part for part in loc if part not in {"serial", "modbus-tcp"})
+    loc = tuple(part for part in loc if part not in _BUS_KIND_TAGS)
     return ConfigProblem(file, format_path(loc), message, lines.find(loc))
+
+
+_BUS_KIND_TAGS = {"serial", "modbus-tcp", "modbus-rtu", "visa"}
 
 
 def format_path(loc: Sequence[Any]) -> str:

@@ -22,9 +22,21 @@ from typing import Any
 import aiomqtt
 import orjson
 
+from drivers.sim.dlt645 import Dlt645Simulator
+from drivers.sim.modbus_line import ModbusLineSimulator
 from drivers.sim.mtsics import MtSicsSimulator
+from drivers.sim.sbi import SbiSimulator
 from drivers.sim.sdm630 import Sdm630Simulator
-from gateway.config import ModbusTcpBus, SerialBus, StationConfig, UpstreamSection, load_config
+from drivers.sim.visa import sim_library
+from gateway.config import (
+    ModbusRtuBus,
+    ModbusTcpBus,
+    SerialBus,
+    StationConfig,
+    UpstreamSection,
+    VisaBus,
+    load_config,
+)
 from gateway.daemon import Station, install_signal_handlers
 from gateway.errors import ConfigError
 from gateway.forward import status_topic
@@ -139,17 +151,8 @@ def _demo_config(
     data_dir: Path,
     broker: str,
     protocol: int,
-    serial_ports: dict[str, str],
-    modbus_ports: dict[str, int],
+    overrides: dict[str, dict[str, Any]],
 ) -> StationConfig:
-    buses: list[SerialBus | ModbusTcpBus] = []
-    for bus in config.bus:
-        if isinstance(bus, SerialBus):
-            buses.append(bus.model_copy(update={"port": serial_ports[bus.id]}))
-        else:
-            buses.append(
-                bus.model_copy(update={"host": "127.0.0.1", "port": modbus_ports[bus.id]})
-            )
     return config.model_copy(
         update={
             "station": config.station.model_copy(update={"data_dir": data_dir}),
@@ -159,7 +162,7 @@ def _demo_config(
             "upstream": config.upstream.model_copy(
                 update={"broker": broker, "protocol": protocol}
             ),
-            "bus": buses,
+            "bus": [bus.model_copy(update=overrides.get(bus.id, {})) for bus in config.bus],
         }
     )
 
@@ -176,23 +179,96 @@ def prepare(config_path: str | None, data_dir: Path) -> tuple[Path, StationConfi
     return path, config, data_dir
 
 
+#: What the demo's simulated DL/T 645 meters show, by data item.
+_DLT645_VALUES = {
+    "combined_active_energy": 1206.42,
+    "import_active_energy": 1206.42,
+    "export_active_energy": 3.17,
+    "voltage_a": 230.1,
+    "voltage_b": 229.8,
+    "voltage_c": 230.4,
+    "current_a": 5.123,
+    "current_b": 4.987,
+    "current_c": 5.046,
+    "total_active_power": 3.4521,
+    "power_factor": 0.951,
+    "frequency": 50.01,
+}
+
+
+#: What the demo's simulated Modbus RTU devices show, by register map and entry.
+_RTU_VALUES = {
+    "sdm630": {"voltage_l1": 229.7, "frequency": 49.99, "import_energy": 5321.4},
+    "mfe600h": {
+        "flow": 12.5,
+        "velocity": 1.12,
+        "totalizer_int": 123456,
+        "totalizer_frac": 0.375,
+        "flow_unit_code": 5,
+        "totalizer_unit_code": 1,
+    },
+    "tuf2000m": {"flow": 3.25, "velocity": 0.82, "positive_int": 4521, "positive_frac": 0.5},
+}
+
+
 async def _start_simulators(
     config: StationConfig, stack: AsyncExitStack
-) -> tuple[dict[str, str], dict[str, int]]:
-    serial_ports: dict[str, str] = {}
-    modbus_ports: dict[str, int] = {}
+) -> dict[str, dict[str, Any]]:
+    """Start one simulator per bus; return, per bus id, the settings that point at it."""
+    overrides: dict[str, dict[str, Any]] = {}
     for number, bus in enumerate(config.bus):
-        if isinstance(bus, SerialBus):
-            balance = MtSicsSimulator(weight_g=1000.0 + 250.0 * number, noise_g=0.03, seed=number)
-            serial_ports[bus.id] = (await stack.enter_async_context(balance)).port
-            sys.stdout.write(f"  MT-SICS balance simulator on {balance.port} (bus {bus.id})\n")
-        else:
-            meter = Sdm630Simulator(host="127.0.0.1", port=0, animate=True)
-            modbus_ports[bus.id] = (await stack.enter_async_context(meter)).port
-            sys.stdout.write(
-                f"  SDM630 Modbus TCP simulator on 127.0.0.1:{meter.port} (bus {bus.id})\n"
-            )
-    return serial_ports, modbus_ports
+        members = [i for i in config.instrument if i.bus == bus.id]
+        drivers = {i.driver for i in members}
+        match bus:
+            case SerialBus() if drivers == {"mtsics"}:
+                balance = MtSicsSimulator(
+                    weight_g=1000.0 + 250.0 * number, noise_g=0.03, seed=number
+                )
+                await stack.enter_async_context(balance)
+                overrides[bus.id] = {"port": balance.port}
+                _say(f"MT-SICS balance on {balance.port}", bus.id)
+            case SerialBus() if drivers == {"sbi"}:
+                sbi = SbiSimulator(weight_g=500.0, noise_g=0.02, seed=number)
+                await stack.enter_async_context(sbi)
+                overrides[bus.id] = {"port": sbi.port}
+                _say(f"Sartorius SBI balance on {sbi.port}", bus.id)
+            case SerialBus() if drivers == {"dlt645"}:
+                meters = {
+                    str(i.address): {
+                        source: _DLT645_VALUES[source]
+                        for source in {c.source or "" for c in i.channel}
+                    }
+                    for i in members
+                }
+                line = Dlt645Simulator(meters)
+                await stack.enter_async_context(line)
+                overrides[bus.id] = {"port": line.port}
+                _say(f"{len(meters)} DL/T 645 meters on one line, {line.port}", bus.id)
+            case ModbusTcpBus():
+                meter = Sdm630Simulator(host="127.0.0.1", port=0, animate=True)
+                await stack.enter_async_context(meter)
+                overrides[bus.id] = {"host": "127.0.0.1", "port": meter.port}
+                _say(f"SDM630 Modbus TCP server on 127.0.0.1:{meter.port}", bus.id)
+            case ModbusRtuBus():
+                devices = {i.unit_id: str(i.register_map) for i in members}
+                rtu = ModbusLineSimulator(devices)
+                await stack.enter_async_context(rtu)
+                for unit_id, register_map in devices.items():
+                    for name, value in _RTU_VALUES.get(register_map, {}).items():
+                        rtu.set(unit_id, name, value)
+                overrides[bus.id] = {"port": rtu.port}
+                _say(f"Modbus RTU line with {len(devices)} devices on {rtu.port}", bus.id)
+            case VisaBus():
+                overrides[bus.id] = {"library": sim_library()}
+                _say(f"pyvisa-sim instrument {bus.resource}", bus.id)
+            case _:
+                msg = f"the demo has no simulator for bus {bus.id} ({', '.join(drivers)})"
+                raise ValueError(msg)
+    return overrides
+
+
+def _say(what: str, bus_id: str) -> None:
+    sys.stdout.write(f"  {what} (bus {bus_id})\n")
 
 
 async def run_demo(
@@ -208,7 +284,7 @@ async def run_demo(
         sys.stdout.write(
             f"metrogate demo: station {config.station.id}, store {data_dir / 'metrogate.db'}\n"
         )
-        serial_ports, modbus_ports = await _start_simulators(config, stack)
+        overrides = await _start_simulators(config, stack)
         protocol = config.upstream.protocol
         if broker is None:
             broker = await stack.enter_async_context(embedded_broker())
@@ -219,8 +295,7 @@ async def run_demo(
             data_dir=data_dir,
             broker=broker,
             protocol=protocol,
-            serial_ports=serial_ports,
-            modbus_ports=modbus_ports,
+            overrides=overrides,
         )
         sys.stdout.write("Readings as an upstream subscriber receives them (Ctrl-C stops):\n")
         watcher = _Watcher(config.upstream, config.station.id)

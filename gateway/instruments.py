@@ -7,21 +7,30 @@ which transport serves which bus kind; adding a family means adding a line here.
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import cast
 
 from calibration import Certificate
 from drivers.balances.mtsics import MtSicsBalance
+from drivers.balances.sbi import SbiBalance
+from drivers.meters.dlt645 import Dlt645Meter
 from drivers.modbus.instrument import ModbusInstrument
 from drivers.modbus.registermap import RegisterMap, RegisterMapError, load_builtin_map, load_map
 from drivers.reading import Instrument as Driver
-from drivers.transport import ByteStream, RegisterBus
-from drivers.transports.modbus import open_modbus_tcp
+from drivers.scpi.dmm import ScpiDmm
+from drivers.scpi.power_analyzer import PowerAnalyzer
+from drivers.transport import ByteStream, MessageLink, RegisterBus
+from drivers.transports.modbus import open_modbus_rtu, open_modbus_tcp
 from drivers.transports.serial import open_serial
+from drivers.transports.visa import open_visa
 from gateway.config import (
     DRIVER_DEFAULT_SOURCE,
+    AnyBus,
     CertificateConfig,
     Instrument,
+    ModbusRtuBus,
     SerialBus,
     StationConfig,
+    VisaBus,
 )
 from gateway.config import ModbusTcpBus as ModbusTcpBusConfig
 from gateway.pipeline import ChannelSpec
@@ -36,7 +45,7 @@ __all__ = [
     "resolve_register_map",
 ]
 
-Link = ByteStream | RegisterBus
+Link = ByteStream | RegisterBus | MessageLink
 
 
 def resolve_register_map(name: str, base_dir: Path) -> RegisterMap:
@@ -57,44 +66,78 @@ def resolve_register_map(name: str, base_dir: Path) -> RegisterMap:
     return load_builtin_map(name)
 
 
-def link_opener(bus: SerialBus | ModbusTcpBusConfig) -> Callable[[], Awaitable[Link]]:
+def link_opener(bus: AnyBus) -> Callable[[], Awaitable[Link]]:
     """Return a coroutine function that opens (or re-opens) the link of `bus`."""
-    if isinstance(bus, SerialBus):
 
-        async def open_serial_bus() -> Link:
-            return await open_serial(
-                bus.port,
-                baudrate=bus.baudrate,
-                bytesize=bus.bytesize,
-                parity=bus.parity,
-                stopbits=bus.stopbits,
-                xonxoff=bus.xonxoff,
-                timeout=bus.timeout,
-            )
+    async def open_link() -> Link:
+        match bus:
+            case SerialBus():
+                return await open_serial(
+                    bus.port,
+                    baudrate=bus.baudrate,
+                    bytesize=bus.bytesize,
+                    parity=bus.parity,
+                    stopbits=bus.stopbits,
+                    xonxoff=bus.xonxoff,
+                    timeout=bus.timeout,
+                )
+            case ModbusTcpBusConfig():
+                return await open_modbus_tcp(bus.host, bus.port, timeout=bus.timeout)
+            case ModbusRtuBus():
+                return await open_modbus_rtu(
+                    bus.port,
+                    baudrate=bus.baudrate,
+                    bytesize=bus.bytesize,
+                    parity=bus.parity,
+                    stopbits=bus.stopbits,
+                    timeout=bus.timeout,
+                )
+            case VisaBus():
+                return await open_visa(
+                    bus.resource,
+                    library=bus.library,
+                    timeout=bus.timeout,
+                    read_termination=bus.read_termination,
+                    write_termination=bus.write_termination,
+                )
 
-        return open_serial_bus
-
-    async def open_modbus_bus() -> Link:
-        return await open_modbus_tcp(bus.host, bus.port, timeout=bus.timeout)
-
-    return open_modbus_bus
+    return open_link
 
 
 def make_driver(instrument: Instrument, link: Link, base_dir: Path) -> Driver:
-    """Create the driver of `instrument` on an open `link` of the right kind."""
-    if instrument.driver == "mtsics":
-        if not hasattr(link, "read_until"):
-            msg = f"instrument {instrument.id}: mtsics needs a byte stream"
-            raise TypeError(msg)
-        return MtSicsBalance(link, command=instrument.command)  # type: ignore[arg-type]  # checked above
-    register_map = resolve_register_map(str(instrument.register_map), base_dir)
-    sources = [_source(instrument, channel.source) for channel in instrument.channel]
-    return ModbusInstrument(
-        link,  # type: ignore[arg-type]  # config validation pairs modbus with a register bus
-        register_map,
-        device_id=instrument.unit_id,
-        sources=list(dict.fromkeys(sources)),
-    )
+    """Create the driver of `instrument` on an open `link` of the right kind.
+
+    The station file was validated, so the link is of the kind the driver needs
+    (`gateway.config.DRIVER_BUS_KINDS`); the casts below only tell the type checker so.
+    """
+    sources = list(dict.fromkeys(_source(instrument, c.source) for c in instrument.channel))
+    match instrument.driver:
+        case "mtsics":
+            return MtSicsBalance(cast("ByteStream", link), command=instrument.command)
+        case "sbi":
+            unit = instrument.channel[0].unit
+            return SbiBalance(cast("ByteStream", link), unit=unit, mode=instrument.mode)
+        case "dlt645":
+            return Dlt645Meter(
+                cast("ByteStream", link), address=str(instrument.address), sources=sources
+            )
+        case "modbus":
+            register_map = resolve_register_map(str(instrument.register_map), base_dir)
+            return ModbusInstrument(
+                cast("RegisterBus", link),
+                register_map,
+                device_id=instrument.unit_id,
+                sources=sources,
+            )
+        case "scpi-dmm":
+            return ScpiDmm(
+                cast("MessageLink", link),
+                function=instrument.function,
+                range=instrument.range,
+                nplc=instrument.nplc,
+            )
+        case "power-analyzer":
+            return PowerAnalyzer(cast("MessageLink", link), element=instrument.element)
 
 
 def _source(instrument: Instrument, source: str | None) -> str:

@@ -98,6 +98,7 @@ class _Slot:
     health: InstrumentHealth
     due: float = 0.0
     driver: Driver | None = None
+    configured: bool = False
 
 
 class BusWorker:
@@ -159,6 +160,7 @@ class BusWorker:
         self._link_failures = 0
         for slot in self._slots:
             slot.driver = self._make_driver(slot.config, link)
+            slot.configured = False
         return True
 
     async def _close_link(self) -> None:
@@ -177,6 +179,13 @@ class BusWorker:
             return
         slot.health.polls += 1
         try:
+            if not slot.configured:
+                # Instruments that must be set up after every (re)connection (a DMM's
+                # function and range) expose `configure`; a failure there is a failed poll.
+                configure = getattr(driver, "configure", None)
+                if configure is not None:
+                    await configure()
+                slot.configured = True
             raws = await driver.read()
         except (DriverError, TimeoutError) as exc:
             _honour_cancellation()

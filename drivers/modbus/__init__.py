@@ -7,6 +7,7 @@ A pure register codec, register maps as data files, and one generic driver
 
 from drivers.modbus.instrument import ModbusInstrument
 from drivers.modbus.registermap import (
+    CombinedEntry,
     RegisterEntry,
     RegisterMap,
     RegisterMapError,
@@ -16,6 +17,7 @@ from drivers.modbus.registermap import (
 )
 
 __all__ = [
+    "CombinedEntry",
     "ModbusInstrument",
     "RegisterEntry",
     "RegisterMap",

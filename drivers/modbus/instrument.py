@@ -7,11 +7,13 @@ the Eastron SDM630 Modbus protocol, ``maps/sdm630.toml``). Decoding and request 
 the pure `drivers.modbus.codec`; `ModbusInstrument` only awaits its injected `RegisterBus`.
 """
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
 from drivers.errors import ProtocolError
 from drivers.modbus.codec import ReadBlock, RegisterTable, parse_registers, plan_reads
+from drivers.modbus.registermap import CombinedEntry
 from drivers.reading import RawReading
 
 if TYPE_CHECKING:
@@ -30,7 +32,9 @@ class ModbusInstrument:
 
     Each `read` issues the few block reads planned at construction (neighbouring registers
     merged up to the map's `max_registers` and `max_gap`) and decodes every configured
-    source. Owned by one scheduler task at a time; no retries, sleeps or locks.
+    source; a combined source (``sum_of`` in the map) is the sum of its decoded parts, which
+    are read whether or not they are sources too. Owned by one scheduler task at a time; no
+    retries, sleeps or locks.
     """
 
     def __init__(
@@ -47,7 +51,8 @@ class ModbusInstrument:
             bus: the Modbus master the meter is reached through (shared with other meters).
             register_map: the meter model's register map.
             device_id: the meter's Modbus device id (unit id, 0..255).
-            sources: the map entries to read, in the order readings are returned.
+            sources: the map's values to read (register or combined entries), in the order
+                readings are returned.
 
         Raises:
             ValueError: an unknown or repeated source name (the message lists the valid
@@ -57,7 +62,7 @@ class ModbusInstrument:
             raise ValueError(f"Modbus device id must be 0..{_MAX_DEVICE_ID}, not {device_id}")
         if not sources:
             raise ValueError(f"no sources to read; valid: {', '.join(register_map.names)}")
-        if unknown := [name for name in sources if name not in register_map.entries]:
+        if unknown := [name for name in sources if name not in register_map.names]:
             raise ValueError(
                 f"{register_map.model} ({register_map.source}) has no register "
                 f"{', '.join(map(repr, unknown))}; valid: {', '.join(register_map.names)}"
@@ -67,8 +72,15 @@ class ModbusInstrument:
         self._bus = bus
         self._map = register_map
         self._device_id = device_id
+        self._sources = tuple(register_map.value(name) for name in sources)
+        # Each register entry is read and decoded once, however many sources need it.
+        needed = dict.fromkeys(
+            part
+            for source in self._sources
+            for part in (source.parts if isinstance(source, CombinedEntry) else (source.name,))
+        )
         self._entries: tuple[RegisterEntry, ...] = tuple(
-            register_map.entry(name) for name in sources
+            register_map.entry(name) for name in needed
         )
         self._plan = plan_reads(
             [entry.span for entry in self._entries],
@@ -88,23 +100,38 @@ class ModbusInstrument:
             One stable reading per source, in the order given, with the map's unit.
 
         Raises:
-            ProtocolError: a reply of the wrong length or a value that does not decode (a
-                float register holding NaN or infinity).
+            ProtocolError: a reply of the wrong length, a value that does not decode (a
+                float register holding NaN or infinity), or a sum that overflows.
             InstrumentError: the meter answered with a Modbus exception.
             TransportError: the bus is down or the meter did not answer in time.
         """
         replies = [await self._read_block(block) for block in self._plan.blocks]
-        readings: list[RawReading] = []
+        decoded: dict[str, float] = {}
         for entry, where in zip(self._entries, self._plan.slices, strict=True):
             registers = replies[where.block][where.start : where.stop]
             try:
-                indication = parse_registers(
+                decoded[entry.name] = parse_registers(
                     registers, entry.register_type, entry.word_order, scale=entry.scale
                 )
             except ProtocolError as exc:
                 raise ProtocolError(f"{self._name()} {entry.name}: {exc}") from exc
+        readings: list[RawReading] = []
+        for source in self._sources:
+            if isinstance(source, CombinedEntry):
+                # fsum rounds once, however many parts; finite parts give a finite sum or
+                # OverflowError (two float64 parts near their maximum).
+                try:
+                    indication = math.fsum(decoded[part] for part in source.parts)
+                except OverflowError as exc:
+                    raise ProtocolError(
+                        f"{self._name()} {source.name}: sum of {', '.join(source.parts)} overflows"
+                    ) from exc
+            else:
+                indication = decoded[source.name]
             readings.append(
-                RawReading(source=entry.name, indication=indication, unit=entry.unit, stable=True)
+                RawReading(
+                    source=source.name, indication=indication, unit=source.unit, stable=True
+                )
             )
         return readings
 

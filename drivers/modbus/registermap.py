@@ -7,7 +7,9 @@ document its addresses come from (e.g. the Eastron SDM630 Modbus protocol). The 
 is documented in the header of ``drivers/modbus/maps/sdm630.toml``.
 
 Maps are data, not code, so that a corrected or new model is a data change. Loading reads
-one file; nothing here talks to a device.
+one file; nothing here talks to a device. Besides register entries a map may declare combined
+entries (``sum_of``): values the driver computes after decoding, such as a flowmeter's
+totalizer sent as an integer part and a fraction in separate registers.
 """
 
 import math
@@ -32,6 +34,7 @@ from drivers.modbus.codec import (
 )
 
 __all__ = [
+    "CombinedEntry",
     "RegisterEntry",
     "RegisterMap",
     "RegisterMapError",
@@ -46,6 +49,8 @@ _MAP_KEYS: Final = frozenset({"model", "reference", "word_order", "max_registers
 _ENTRY_KEYS: Final = frozenset(
     {"table", "address", "type", "unit", "quantity", "scale", "word_order", "description"}
 )
+_COMBINED_KEYS: Final = frozenset({"sum_of", "unit", "quantity", "description"})
+_MIN_PARTS: Final = 2
 _ADDRESS_SPACE: Final = 0x10000
 _BUILTIN_PACKAGE: Final = "drivers.modbus"
 _E = TypeVar("_E", bound=StrEnum)
@@ -104,6 +109,29 @@ class RegisterEntry:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CombinedEntry:
+    """A value computed from register entries after they are decoded: the sum of its parts.
+
+    Some devices send one quantity in two parts, e.g. a totalizer as an int32
+    integer part plus a float32 fraction, because a float32 alone would lose the last digits
+    of a large total. Decoding each part and adding them in double precision keeps them.
+
+    Attributes:
+        name: the value's name, used as the reading's source, e.g. ``"totalizer"``.
+        parts: the register entries added, at least two, all in `unit`.
+        unit: the unit of the sum (the unit of every part).
+        quantity: what is measured, e.g. ``"volume"``.
+        description: free text.
+    """
+
+    name: str
+    parts: tuple[str, ...]
+    unit: str
+    quantity: str
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RegisterMap:
     """The register map of one meter model.
 
@@ -113,8 +141,9 @@ class RegisterMap:
         word_order: the default byte order of multi-register values.
         max_registers: most registers the device answers in one read (1..125).
         max_gap: most unlisted registers one read may span to join two entries.
-        entries: the values by name, in file order (a read-only mapping).
+        entries: the register entries by name, in file order (a read-only mapping).
         source: where the map was loaded from (a path, or ``builtin:<name>``).
+        combined: the combined (``sum_of``) entries by name, in file order (read-only).
     """
 
     model: str
@@ -125,23 +154,39 @@ class RegisterMap:
     # A read-only view; left out of the hash because mapping views are unhashable.
     entries: Mapping[str, RegisterEntry] = field(hash=False)
     source: str
+    combined: Mapping[str, CombinedEntry] = field(
+        default_factory=lambda: MappingProxyType({}), hash=False
+    )
 
     @property
     def names(self) -> tuple[str, ...]:
-        """The entries' names, in file order."""
-        return tuple(self.entries)
+        """Every value a driver can read: register entries, then combined ones, in file order."""
+        return (*self.entries, *self.combined)
 
     def entry(self, name: str) -> RegisterEntry:
-        """Return the entry called `name`.
+        """Return the register entry called `name`.
 
         Raises:
-            KeyError: no such entry; the message lists the valid names.
+            KeyError: no such register entry; the message lists the valid names.
         """
         try:
             return self.entries[name]
         except KeyError:
-            valid = ", ".join(self.names)
+            valid = ", ".join(self.entries)
             raise KeyError(f"{self.model} has no register {name!r}; valid: {valid}") from None
+
+    def value(self, name: str) -> RegisterEntry | CombinedEntry:
+        """Return the register or combined entry called `name`.
+
+        Raises:
+            KeyError: no such entry; the message lists the valid names.
+        """
+        if name in self.combined:
+            return self.combined[name]
+        if name in self.entries:
+            return self.entries[name]
+        valid = ", ".join(self.names)
+        raise KeyError(f"{self.model} has no value {name!r}; valid: {valid}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,12 +258,17 @@ def _table(value: object, where: _Where) -> dict[str, object]:
     return value
 
 
-def _parse_entry(
-    name: str, raw: object, default_order: WordOrder, max_registers: int, source: str
-) -> RegisterEntry:
+def _named(name: str, source: str) -> _Where:
     where = _Where(source, name)
     if not _NAME.fullmatch(name):
         raise where.error("names are lower case letters, digits and '_', starting with a letter")
+    return where
+
+
+def _parse_entry(
+    name: str, raw: object, default_order: WordOrder, max_registers: int, source: str
+) -> RegisterEntry:
+    where = _named(name, source)
     table = _table(raw, where)
     _check_keys(table, _ENTRY_KEYS, where)
     entry = RegisterEntry(
@@ -241,6 +291,42 @@ def _parse_entry(
             f"needs {entry.count} registers, more than max_registers {max_registers}"
         )
     return entry
+
+
+def _parse_combined(
+    name: str, table: dict[str, object], entries: Mapping[str, RegisterEntry], source: str
+) -> CombinedEntry:
+    where = _named(name, source)
+    _check_keys(table, _COMBINED_KEYS, where)
+    parts = table["sum_of"]
+    if (
+        not isinstance(parts, list)
+        or len(parts) < _MIN_PARTS
+        or not all(isinstance(part, str) for part in parts)
+    ):
+        raise where.error(f"sum_of must be a list of at least two entry names, not {parts!r}")
+    names = tuple(str(part) for part in parts)
+    if len(set(names)) != len(names):
+        raise where.error(f"sum_of repeats an entry: {list(names)}")
+    if unknown := [part for part in names if part not in entries]:
+        # Combined entries are not parts: one level keeps the sum obvious to a reader.
+        raise where.error(
+            f"sum_of names {', '.join(map(repr, unknown))}, which are not register entries;"
+            f" valid: {', '.join(entries)}"
+        )
+    unit = _text(table, "unit", where)
+    if mismatched := [part for part in names if entries[part].unit != unit]:
+        raise where.error(
+            f"unit {unit!r} differs from the unit of {', '.join(map(repr, mismatched))}"
+            " (a sum needs one unit)"
+        )
+    return CombinedEntry(
+        name=name,
+        parts=names,
+        unit=unit,
+        quantity=_text(table, "quantity", where),
+        description=_text(table, "description", where, default=""),
+    )
 
 
 def parse_register_map(text: str, *, source: str) -> RegisterMap:
@@ -279,9 +365,17 @@ def parse_register_map(text: str, *, source: str) -> RegisterMap:
     raw_entries = _table(document.get("registers"), registers_where)
     if not raw_entries:
         raise registers_where.error("has no [registers.<name>] entries")
-    entries = {
-        name: _parse_entry(name, raw, word_order, max_registers, source)
-        for name, raw in raw_entries.items()
+    combined_tables: dict[str, dict[str, object]] = {}
+    entries: dict[str, RegisterEntry] = {}
+    for name, raw in raw_entries.items():
+        # An entry with `sum_of` is combined; its parts may come later in the file.
+        if isinstance(raw, dict) and "sum_of" in raw:
+            combined_tables[name] = raw
+        else:
+            entries[name] = _parse_entry(name, raw, word_order, max_registers, source)
+    combined = {
+        name: _parse_combined(name, table, entries, source)
+        for name, table in combined_tables.items()
     }
     return RegisterMap(
         model=_text(header, "model", map_where),
@@ -291,6 +385,7 @@ def parse_register_map(text: str, *, source: str) -> RegisterMap:
         max_gap=max_gap,
         entries=MappingProxyType(entries),
         source=source,
+        combined=MappingProxyType(combined),
     )
 
 

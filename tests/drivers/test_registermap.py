@@ -7,6 +7,7 @@ import pytest
 
 from drivers.modbus.codec import RegisterTable, RegisterType, WordOrder
 from drivers.modbus.registermap import (
+    CombinedEntry,
     RegisterMapError,
     builtin_map_names,
     load_builtin_map,
@@ -182,3 +183,99 @@ def test_missing_file_is_an_os_error(tmp_path: Path) -> None:
 def test_parse_names_the_given_source() -> None:
     with pytest.raises(RegisterMapError, match=r"^register map config/x\.toml: "):
         parse_register_map("", source="config/x.toml")
+
+
+# ---- combined entries (sum_of) -------------------------------------------------------------
+
+TOTALIZER = """
+[map]
+model = "Flowmeter"
+word_order = "CDAB"
+
+[registers.total]
+sum_of = ["total_int", "total_frac"]
+unit = "m3"
+quantity = "volume"
+description = "integer part + fraction"
+
+[registers.total_int]
+table = "holding"
+address = 0x1018
+type = "int32"
+unit = "m3"
+quantity = "volume"
+
+[registers.total_frac]
+table = "holding"
+address = 0x101A
+type = "float32"
+unit = "m3"
+quantity = "volume"
+"""
+
+
+def test_combined_entry_may_precede_its_parts() -> None:
+    register_map = parse_register_map(TOTALIZER, source="t.toml")
+
+    assert list(register_map.entries) == ["total_int", "total_frac"]
+    (total,) = register_map.combined.values()
+    assert total == CombinedEntry(
+        name="total",
+        parts=("total_int", "total_frac"),
+        unit="m3",
+        quantity="volume",
+        description="integer part + fraction",
+    )
+    assert register_map.names == ("total_int", "total_frac", "total")
+    assert register_map.value("total") is total
+    assert register_map.value("total_int") is register_map.entry("total_int")
+    with pytest.raises(KeyError, match=r"no register 'total'; valid: total_int, total_frac\W*$"):
+        register_map.entry("total")
+    with pytest.raises(KeyError, match=r"no value 'totl'; valid: total_int, total_frac, total"):
+        register_map.value("totl")
+
+
+def test_maps_without_combined_entries_have_none() -> None:
+    assert load_builtin_map("sdm630").combined == {}
+
+
+@pytest.mark.parametrize(
+    ("replace", "by", "problem"),
+    [
+        ('["total_int", "total_frac"]', '["total_int"]', "at least two entry names"),
+        ('["total_int", "total_frac"]', '"total_int"', "must be a list"),
+        ('["total_int", "total_frac"]', '["total_int", 2]', "must be a list"),
+        ('["total_int", "total_frac"]', '["total_int", "total_int"]', "repeats an entry"),
+        ('["total_int", "total_frac"]', '["total_int", "totl"]', "'totl', which are not reg"),
+        ('["total_int", "total_frac"]', '["total_int", "total"]', "'total', which are not reg"),
+        (
+            'unit = "m3"\nquantity = "volume"\ndesc',
+            'unit = "L"\nquantity = "volume"\ndesc',
+            "unit",
+        ),
+        (
+            'unit = "m3"\nquantity = "volume"\ndesc',
+            'quantity = "volume"\ndesc',
+            "missing key 'unit'",
+        ),
+        ('quantity = "volume"\ndescription', "description", "missing key 'quantity'"),
+        ('sum_of = ["total_int"', 'address = 0\nsum_of = ["total_int"', "unknown key(s) address"),
+    ],
+)
+def test_malformed_combined_entry_names_file_and_entry(
+    replace: str, by: str, problem: str
+) -> None:
+    assert replace in TOTALIZER
+    text = TOTALIZER.replace(replace, by, 1)
+
+    with pytest.raises(RegisterMapError) as caught:
+        parse_register_map(text, source="t.toml")
+
+    assert caught.value.entry == "total"
+    assert problem in str(caught.value)
+
+
+def test_combined_entry_name_is_checked() -> None:
+    text = TOTALIZER.replace("[registers.total]", "[registers.Total]")
+    with pytest.raises(RegisterMapError, match="names are lower case"):
+        parse_register_map(text, source="t.toml")
