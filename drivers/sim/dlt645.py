@@ -11,15 +11,12 @@ driver's decoder, so that a round trip tests both. It runs inside the caller's e
 benchmarks only, never imported at run time.
 """
 
-import asyncio
 import math
-import os
 import re
-import tty
 from collections import Counter
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Final, Literal, Self
+from typing import TYPE_CHECKING, Final, Literal, Self
 
 import numpy as np
 
@@ -36,6 +33,10 @@ from drivers.meters.dlt645 import (
     find_frame,
     parse_frame,
 )
+from drivers.sim.pty import PtyLine
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = [
     "Dlt645Simulator",
@@ -166,17 +167,13 @@ class Dlt645Simulator:
         self._rng = np.random.default_rng(seed)
         self._buffer = b""
         self._timers: set[asyncio.TimerHandle] = set()
-        self._master = -1
-        self._slave = -1
-        self._port = ""
+        self._pty = PtyLine(self._on_data)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def port(self) -> str:
         """The pty slave path to open as a serial port, e.g. ``/dev/pts/7``."""
-        if not self._port:
-            raise RuntimeError("Dlt645Simulator is not running; use it as `async with`")
-        return self._port
+        return self._pty.port
 
     def set(self, address: str, name: str, value: float) -> None:
         """Set the value meter `address` reports for item `name`, in the item's unit.
@@ -192,17 +189,7 @@ class Dlt645Simulator:
         self._meters[address][name] = float(value)
 
     async def __aenter__(self) -> Self:
-        self._master, self._slave = os.openpty()
-        # Raw mode so that every byte passes unchanged (0x11/0x13 are XON/XOFF in cooked
-        # mode). A pty has no baud rate; it takes whatever parity the host configures.
-        tty.setraw(self._master)
-        tty.setraw(self._slave)
-        os.set_blocking(self._master, False)  # a host that never reads must not stall us
-        # Keeping our slave fd open means the master never sees a hang-up (EIO, endless
-        # readiness) while the host closes and reopens the port.
-        self._port = os.ttyname(self._slave)
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._master, self._on_readable)
+        self._loop = self._pty.open()
         return self
 
     async def __aexit__(
@@ -214,20 +201,11 @@ class Dlt645Simulator:
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
-        if self._loop is not None:
-            self._loop.remove_reader(self._master)
-            self._loop = None
-        for fd in (self._master, self._slave):
-            if fd >= 0:
-                os.close(fd)
-        self._master = self._slave = -1
-        self._port = ""
+        self._loop = None
+        self._pty.close()
 
-    def _on_readable(self) -> None:
-        try:
-            self._buffer += os.read(self._master, 4096)
-        except BlockingIOError:
-            return
+    def _on_data(self, data: bytes) -> None:
+        self._buffer += data
         while True:
             frame, rest = find_frame(self._buffer)
             if frame is None:
@@ -296,11 +274,7 @@ class Dlt645Simulator:
                 return encode_exception_reply(address, request.function, _ERR_OTHER), None
 
     def _send(self, data: bytes, served: tuple[str, str, float] | None) -> None:
-        if self._master < 0:
-            return
-        try:
-            os.write(self._master, data)
-        except BlockingIOError:  # the host stopped reading and the pty is full: drop it
+        if not self._pty.write(data):  # closed, or the host stopped reading: dropped
             return
         if served is not None:
             self.served.append(served)

@@ -7,14 +7,13 @@ else). It speaks the real bytes, so the driver under test goes through the real
 caller's event loop (``loop.add_reader`` on the master fd), so it needs no thread.
 """
 
-import asyncio
-import os
-import tty
 from collections import Counter
 from types import TracebackType
 from typing import Final, Literal, Self
 
 import numpy as np
+
+from drivers.sim.pty import PtyLine
 
 __all__ = ["Fault", "MtSicsSimulator"]
 
@@ -95,34 +94,19 @@ class MtSicsSimulator:
         self._tare_g = 0.0
         self._pending = self._identity() + _CRLF if powerup_banner else b""
         self._buffer = b""
-        self._master = -1
-        self._slave = -1
-        self._port = ""
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pty = PtyLine(self._on_data)
 
     @property
     def port(self) -> str:
         """The pty slave path to open as a serial port, e.g. ``/dev/pts/7``."""
-        if not self._port:
-            raise RuntimeError("MtSicsSimulator is not running; use it as `async with`")
-        return self._port
+        return self._pty.port
 
     def inject(self, raw: bytes) -> None:
         """Send `raw` (e.g. an unsolicited line) just before the next reply."""
         self._pending += raw
 
     async def __aenter__(self) -> Self:
-        self._master, self._slave = os.openpty()
-        # Raw mode so that CR LF and every byte pass through unchanged. A pty has no baud rate
-        # or parity: it carries 8-bit characters whatever the host configures.
-        tty.setraw(self._master)
-        tty.setraw(self._slave)
-        os.set_blocking(self._master, False)  # a host that never reads must not stall us
-        # Keeping our slave fd open means the master never sees a hang-up (EIO, endless
-        # readiness) while the host closes and reopens the port.
-        self._port = os.ttyname(self._slave)
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._master, self._on_readable)
+        self._pty.open()
         return self
 
     async def __aexit__(
@@ -131,20 +115,10 @@ class MtSicsSimulator:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._loop is not None:
-            self._loop.remove_reader(self._master)
-            self._loop = None
-        for fd in (self._master, self._slave):
-            if fd >= 0:
-                os.close(fd)
-        self._master = self._slave = -1
-        self._port = ""
+        self._pty.close()
 
-    def _on_readable(self) -> None:
-        try:
-            self._buffer += os.read(self._master, 4096)
-        except BlockingIOError:
-            return
+    def _on_data(self, data: bytes) -> None:
+        self._buffer += data
         while _CRLF in self._buffer:
             line, self._buffer = self._buffer.split(_CRLF, 1)
             self._answer(line.decode("ascii", errors="replace"))
@@ -193,9 +167,7 @@ class MtSicsSimulator:
         return f"S {status} {text} g".encode(), (float(text), "g", status == "S")
 
     def _send(self, data: bytes) -> bool:
-        try:
-            os.write(self._master, data)
-        except BlockingIOError:  # the host stopped reading and the pty is full: drop it
+        if not self._pty.write(data):  # the host stopped reading and the pty is full
             return False
         self._pending = b""
         return True

@@ -10,13 +10,13 @@ print), so it needs no thread or task.
 """
 
 import asyncio
-import os
-import tty
 from collections import Counter
 from types import TracebackType
 from typing import Final, Literal, Self
 
 import numpy as np
+
+from drivers.sim.pty import PtyLine
 
 __all__ = ["Fault", "SbiSimulator"]
 
@@ -85,9 +85,7 @@ class SbiSimulator:
         self.counts: Counter[str] = Counter()
         self._rng = np.random.default_rng(seed)
         self._buffer = b""
-        self._master = -1
-        self._slave = -1
-        self._port = ""
+        self._pty = PtyLine(self._on_data)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._next_print = 0.0
@@ -95,26 +93,14 @@ class SbiSimulator:
     @property
     def port(self) -> str:
         """The pty slave path to open as a serial port, e.g. ``/dev/pts/7``."""
-        if not self._port:
-            raise RuntimeError("SbiSimulator is not running; use it as `async with`")
-        return self._port
+        return self._pty.port
 
     def press_print(self) -> None:
         """Print one line now, unasked, as the balance's PRINT key does."""
         self._print()
 
     async def __aenter__(self) -> Self:
-        self._master, self._slave = os.openpty()
-        # Raw mode so that CR LF and every byte pass through unchanged. A pty has no baud rate
-        # or parity: it carries 8-bit characters whatever the host configures.
-        tty.setraw(self._master)
-        tty.setraw(self._slave)
-        os.set_blocking(self._master, False)  # a host that never reads must not stall us
-        # Keeping our slave fd open means the master never sees a hang-up (EIO, endless
-        # readiness) while the host closes and reopens the port.
-        self._port = os.ttyname(self._slave)
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._master, self._on_readable)
+        self._loop = self._pty.open()
         if self.stream_period is not None:
             self._next_print = self._loop.time()
             self._schedule_print(self._loop, self.stream_period)
@@ -129,14 +115,8 @@ class SbiSimulator:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._loop is not None:
-            self._loop.remove_reader(self._master)
-            self._loop = None
-        for fd in (self._master, self._slave):
-            if fd >= 0:
-                os.close(fd)
-        self._master = self._slave = -1
-        self._port = ""
+        self._loop = None
+        self._pty.close()
 
     def _schedule_print(self, loop: asyncio.AbstractEventLoop, period: float) -> None:
         # A fixed cadence, but after a stall (a busy loop) resume from now instead of
@@ -148,11 +128,8 @@ class SbiSimulator:
         self._print()
         self._schedule_print(loop, period)
 
-    def _on_readable(self) -> None:
-        try:
-            self._buffer += os.read(self._master, 4096)
-        except BlockingIOError:
-            return
+    def _on_data(self, data: bytes) -> None:
+        self._buffer += data
         # Commands are ESC and a character (ESC P) with an optional CR LF; anything between
         # commands (that CR LF, line noise) is skipped.
         while (start := self._buffer.find(_ESC)) >= 0 and len(self._buffer) > start + 1:
@@ -196,11 +173,7 @@ class SbiSimulator:
         return (f"{'Stat':<6}{body16}" if self.form == _ID_FORM else body16).encode("ascii")
 
     def _send(self, data: bytes) -> bool:
-        try:
-            written = os.write(self._master, data)
-        except BlockingIOError:  # the host stopped reading and the pty is full: drop it
-            return False
-        return written == len(data)
+        return self._pty.write(data)  # False: the host stopped reading and the pty is full
 
     def _noise_g(self) -> float:
         return float(self._rng.normal(0.0, self.noise_g)) if self.noise_g > 0 else 0.0
