@@ -8,6 +8,7 @@ This is one of the few modules that catch `OSError` (`serial.SerialException` is
 """
 
 import asyncio
+import termios
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
@@ -16,6 +17,10 @@ from typing import Self, TypeVar
 import serial
 
 from drivers.errors import TransportError, TransportTimeoutError
+
+# pyserial raises termios.error (not an OSError) from tcflush/tcsetattr on a port whose device
+# vanished (an unplugged USB adapter: EIO) or that refuses a setting (EINVAL).
+_PORT_ERRORS = (OSError, termios.error)
 
 __all__ = ["SerialStream", "open_serial"]
 
@@ -106,7 +111,7 @@ class SerialStream:
         self._closed = True
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._port.close)
-        except OSError as exc:
+        except _PORT_ERRORS as exc:
             raise TransportError(f"serial port {self._name}: close failed: {exc}") from exc
         finally:
             self._executor.shutdown(wait=False)
@@ -130,7 +135,7 @@ class SerialStream:
             return await loop.run_in_executor(self._executor, function, *args)
         except serial.SerialTimeoutException as exc:  # write_timeout expired
             raise TransportTimeoutError(f"serial port {self._name}: {exc}") from exc
-        except OSError as exc:
+        except _PORT_ERRORS as exc:
             raise TransportError(f"serial port {self._name}: {exc}") from exc
 
 
@@ -186,7 +191,7 @@ async def open_serial(
     opening = executor.submit(_open)
     try:
         handle = await asyncio.wrap_future(opening)
-    except OSError as exc:
+    except _PORT_ERRORS as exc:
         executor.shutdown(wait=False)
         raise TransportError(f"cannot open serial port {port}: {exc}") from exc
     except BaseException:
