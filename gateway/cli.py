@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The ``metrogate`` command: run, demo, check-config, readings.
+"""The ``metrogate`` command: run, demo, check-config, readings, status, keys, verify.
 
-Exit statuses: 0 success; 1 the station file or the store is unusable (the message says
-why); 2 wrong command-line usage (argparse).
+Exit statuses: 0 success; 1 the station file, the key or the store is unusable (the message
+says why), or ``verify`` found a problem; 2 wrong command-line usage (argparse).
 """
 
 import argparse
@@ -17,7 +17,7 @@ import orjson
 
 from gateway.config import StationConfig, load_config
 from gateway.errors import ConfigError, StoreError
-from gateway.store import Store
+from gateway.store import Store, redact
 from gateway.tuning import keep_heap
 
 log = logging.getLogger("metrogate")
@@ -188,6 +188,216 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _now() -> str:
+    from datetime import UTC, datetime  # noqa: PLC0415 - only the key commands need it
+
+    from gateway.pipeline import rfc3339  # noqa: PLC0415
+
+    return rfc3339(datetime.now(UTC))
+
+
+def _keys_file_text(station: str, signing: str, records: Sequence[Any]) -> list[str]:
+    """The station's public keys in the collector's ``DIR/<station>.pub`` form."""
+    lines = [f"# metrogate station {station}: public keys for a collector's {station}.pub"]
+    current = [r for r in records if r.fingerprint == signing]
+    earlier = sorted(
+        (r for r in records if r.fingerprint != signing), key=lambda r: r.created, reverse=True
+    )
+    for record in [*current, *earlier]:
+        role = "signing key" if record.fingerprint == signing else "earlier key"
+        created = f", created {record.created}" if record.created else ""
+        lines.append(f"# {role}, fingerprint {record.fingerprint}{created}")
+        lines.append(record.public_key)
+    return lines
+
+
+def cmd_keys_show(args: argparse.Namespace) -> int:
+    """Print the station's public keys (hex) and fingerprints, for registration upstream."""
+    from gateway.keys import (  # noqa: PLC0415
+        SigningKeyError,
+        load_signing_key,
+        private_key_path,
+        read_public_keys,
+    )
+
+    config = _load(args.config)
+    if isinstance(config, int):
+        return config
+    key_dir = config.key_dir
+    if not private_key_path(key_dir).exists():
+        return _fail(
+            f"no signing key in {key_dir} yet: the station makes one when it first starts, "
+            f"or run: metrogate keys rotate --config {args.config}"
+        )
+    try:
+        key = load_signing_key(key_dir)
+        records = read_public_keys(key_dir)
+    except SigningKeyError as exc:
+        return _fail(str(exc))
+    if key.fingerprint not in {record.fingerprint for record in records}:
+        from gateway.keys import PublicKeyRecord  # noqa: PLC0415
+
+        records.append(PublicKeyRecord(key.public_key, key.fingerprint))
+    if args.json:
+        document = {
+            "station": config.station.id,
+            "signing": {"public_key": key.public_key, "fingerprint": key.fingerprint},
+            "keys": [
+                {
+                    "public_key": record.public_key,
+                    "fingerprint": record.fingerprint,
+                    "created": record.created or None,
+                    "signing": record.fingerprint == key.fingerprint,
+                }
+                for record in records
+            ],
+        }
+        _print(orjson.dumps(document).decode())
+        return 0
+    for line in _keys_file_text(config.station.id, key.fingerprint, records):
+        _print(line)
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    """Make a new signing key; old public keys stay, so old checkpoints still verify."""
+    from gateway.keys import SigningKeyError, read_public_keys, rotate_signing_key  # noqa: PLC0415
+
+    config = _load(args.config)
+    if isinstance(config, int):
+        return config
+    now = _now()
+    try:
+        key, replaced = rotate_signing_key(config.key_dir, station=config.station.id, now=now)
+        records = read_public_keys(config.key_dir)
+    except SigningKeyError as exc:
+        return _fail(str(exc))
+    try:
+        store = Store.open(config.store_url, station=config.station.id)
+        try:
+            store.register_keys(records, current=key.fingerprint, now=now)
+        finally:
+            store.close()
+    except StoreError as exc:
+        sys.stderr.write(
+            f"metrogate: warning: {exc}; the station records the new key at its next start\n"
+        )
+    if replaced:
+        sys.stderr.write(
+            f"new signing key {key.fingerprint}, replacing {replaced}, in {key.path}; earlier "
+            f"public keys stay in {config.key_dir} and the store, so what they signed still "
+            "verifies. A running station signs with its earlier key until it is restarted.\n"
+        )
+    else:
+        sys.stderr.write(f"new signing key {key.fingerprint}, in {key.path}.\n")
+    sys.stderr.write("Register these public keys upstream:\n")
+    for line in _keys_file_text(config.station.id, key.fingerprint, records):
+        _print(line)
+    return 0
+
+
+def _trusted_from(path: Path, station: str) -> tuple[dict[str, Any], str]:
+    """Trusted keys from a keys file, or from ``DIR/<station>.pub`` in a directory."""
+    from gateway.keys import parse_public_keys, trusted_keys  # noqa: PLC0415
+
+    file = path / f"{station}.pub" if path.is_dir() else path
+    try:
+        keys = parse_public_keys(file.read_text(encoding="ascii"), source=str(file))
+    except FileNotFoundError:
+        return {}, f"{file} (missing)"
+    return trusted_keys(keys), f"{file} ({len(keys)} keys)"
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Verify every hash link, seq and checkpoint signature; exit 0 only if all hold."""
+    from gateway.keys import SigningKeyError, read_public_keys, trusted_keys  # noqa: PLC0415
+    from gateway.verify import Report, verify_file, verify_store  # noqa: PLC0415
+
+    keys_path = Path(args.keys) if args.keys else None
+    try:
+        if args.file:
+            path = Path(args.file)
+            if not path.is_file():
+                return _fail(f"no file {path}")
+
+            def trusted_for(station: str) -> tuple[dict[str, Any], str]:
+                if keys_path is None:
+                    return {}, "none given (--keys)"
+                return _trusted_from(keys_path, station)
+
+            reports: list[Report] = verify_file(path, trusted_for, window=args.page_size)
+        else:
+            store = _open_for_reading(args)
+            if isinstance(store, int):
+                return store
+            try:
+                config = load_config(args.config) if args.config else None
+                if keys_path is not None:
+                    trusted, keys_source = _trusted_from(keys_path, store.station)
+                else:
+                    stored = [key.public_key for key in store.station_keys()]
+                    keys_source = f"the store ({len(stored)} keys)"
+                    if config is not None:
+                        local = [r.public_key for r in read_public_keys(config.key_dir)]
+                        stored += local
+                        keys_source += f" and {config.key_dir} ({len(local)} keys)"
+                    trusted = trusted_keys(stored)
+                source = config.store_url if config is not None else args.db
+                reports = [
+                    verify_store(
+                        store,
+                        trusted,
+                        source=redact(source),
+                        keys_source=keys_source,
+                        page_size=args.page_size,
+                    )
+                ]
+            finally:
+                store.close()
+    except (ConfigError, StoreError, SigningKeyError, ValueError, OSError) as exc:
+        return _fail(str(exc))
+    ok = all(report.ok for report in reports)
+    if args.json:
+        document = {"ok": ok, "reports": [report.to_object() for report in reports]}
+        _print(orjson.dumps(document).decode())
+    else:
+        for report in reports:
+            _print_report(report)
+    return 0 if ok else 1
+
+
+def _print_report(report: Any) -> None:  # noqa: ANN401 - a gateway.verify.Report
+    if not report.station:
+        _print(f"{report.source}: {report.problem_count} unreadable lines")
+    else:
+        _print(f"station {report.station} ({report.source})")
+        span = (
+            f" (seq {report.first_seq}..{report.last_seq})" if report.last_seq is not None else ""
+        )
+        duplicates = f", {report.duplicates} repeats skipped" if report.duplicates else ""
+        _print(f"  readings     {report.readings}{span}{duplicates}")
+        _print(f"  checkpoints  {report.checkpoints}, keys from {report.keys_source}")
+        if report.last_seq is not None:
+            if report.covered_seq >= report.last_seq:
+                _print(f"  signed       up to seq {report.covered_seq} (the last)")
+            else:
+                tail = f"seq {report.covered_seq + 1}..{report.last_seq}"
+                _print(
+                    f"  signed       up to seq {report.covered_seq}; {tail} rest on the hash "
+                    "chain alone until the next checkpoint"
+                )
+        _print(f"  problems     {report.problem_count}")
+    for problem in report.problems:
+        _print(f"    {problem.kind:<10} {problem.detail}")
+    if report.problem_count > len(report.problems):
+        _print(f"    ... and {report.problem_count - len(report.problems)} more")
+    _print(
+        "OK: every hash, link, seq and checkpoint verifies"
+        if report.ok
+        else f"FAILED: {report.problem_count} problems"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line grammar."""
     parser = argparse.ArgumentParser(
@@ -237,6 +447,41 @@ def build_parser() -> argparse.ArgumentParser:
     readings.add_argument("--limit", type=int, default=20)
     readings.add_argument("--json", action="store_true", help="one JSON object per line")
     readings.set_defaults(handler=cmd_readings)
+
+    keys = commands.add_parser("keys", help="the station's signing keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    show = key_commands.add_parser(
+        "show", help="print the public keys and fingerprints (a collector's <station>.pub)"
+    )
+    show.add_argument("--config", required=True, help="station file")
+    show.add_argument("--json", action="store_true", help="as a JSON object")
+    show.set_defaults(handler=cmd_keys_show)
+    rotate = key_commands.add_parser(
+        "rotate", help="make a new signing key; earlier public keys are kept"
+    )
+    rotate.add_argument("--config", required=True, help="station file")
+    rotate.set_defaults(handler=cmd_keys_rotate)
+
+    verify = commands.add_parser(
+        "verify", help="check every hash link, seq and checkpoint signature"
+    )
+    target = verify.add_mutually_exclusive_group(required=True)
+    target.add_argument("--config", help="station file whose store to verify")
+    target.add_argument("--db", help="store URL, e.g. sqlite:////var/lib/metrogate/metrogate.db")
+    target.add_argument(
+        "--file", help="JSON Lines of published readings and checkpoints (or readings --json)"
+    )
+    verify.add_argument(
+        "--keys",
+        default=None,
+        help="trusted public keys: a file (hex per line, # comments) or a directory of "
+        "<station>.pub files (default: the store's own record of its keys)",
+    )
+    verify.add_argument("--json", action="store_true", help="the report as a JSON object")
+    verify.add_argument(
+        "--page-size", type=int, default=10_000, help="readings per query (memory bound)"
+    )
+    verify.set_defaults(handler=cmd_verify)
     return parser
 
 

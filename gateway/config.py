@@ -99,6 +99,19 @@ class UpstreamSection(_Model):
         return urlsplit(self.broker).scheme == "mqtts"
 
 
+class SigningSection(_Model):
+    """``[signing]``: the station key and how often it signs a checkpoint of the chain.
+
+    A checkpoint is signed once `checkpoint_every` readings have been committed since the
+    last one, or `checkpoint_interval` seconds after it when readings are waiting, and once
+    more on a clean stop (see `gateway.checkpoints`).
+    """
+
+    key_dir: Path | None = None
+    checkpoint_every: int = Field(default=1000, ge=1, le=10_000_000)
+    checkpoint_interval: PositiveSeconds = 60.0
+
+
 class SerialBus(_Model):
     """A serial line (RS-232, or RS-485 through an adapter)."""
 
@@ -242,6 +255,7 @@ class StationConfig(_Model):
     station: StationSection
     store: StoreSection = StoreSection()
     upstream: UpstreamSection = UpstreamSection()
+    signing: SigningSection = SigningSection()
     bus: list[Bus] = Field(default_factory=list)
     instrument: list[Instrument] = Field(default_factory=list)
     certificate: list[CertificateConfig] = Field(default_factory=list)
@@ -250,6 +264,11 @@ class StationConfig(_Model):
     def store_url(self) -> str:
         """The store URL, defaulting to ``DATA_DIR/metrogate.db``."""
         return self.store.url or f"sqlite:///{self.station.data_dir / 'metrogate.db'}"
+
+    @property
+    def key_dir(self) -> Path:
+        """The key directory, defaulting to ``DATA_DIR/keys``."""
+        return self.signing.key_dir or self.station.data_dir / "keys"
 
     def bus_by_id(self, bus_id: str) -> AnyBus:
         """Return the bus named `bus_id` (the file was validated, so it exists)."""

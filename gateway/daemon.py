@@ -1,33 +1,51 @@
 # SPDX-License-Identifier: Apache-2.0
 """The station daemon: wires store, pipeline, forwarder and bus workers, and stops cleanly.
 
-Start: open the store (refuse to run if it cannot be written), continue the hash chain from
-its head, start the forwarder, the pipeline and one worker per bus, tell systemd READY=1
-and ping its watchdog while the event loop is alive.
+Start: open the store (refuse to run if it cannot be written), load the station's signing
+key (create it at first start; refuse one that group or others may read or write) and record
+its public keys in the store, continue the hash chain from its head, start the forwarder, the
+checkpointer, the pipeline and one worker per bus, tell systemd READY=1 and ping its
+watchdog while the event loop is alive.
 
-Stop (SIGTERM, SIGINT or the caller's event): stop polling, commit what was acquired, give
-the forwarder up to ``flush_timeout`` seconds to get every committed reading acknowledged
-(what remains stays in the outbox for the next start), publish the offline status, close the
-store. Exit status 0; 1 when the store failed (acquisition stopped rather than drop
-readings).
+Stop (SIGTERM, SIGINT or the caller's event): stop polling, commit what was acquired, sign a
+final checkpoint covering the last reading, give the forwarder up to ``flush_timeout``
+seconds to get every committed reading and checkpoint acknowledged (what remains stays in
+the outbox for the next start), publish the offline status, close the store. Exit status 0;
+1 when the key or the store failed (acquisition stopped rather than drop readings).
+
+Checkpoints (`Checkpointer`) sign only committed readings, from the hashes the pipeline
+hands over after each commit, and are stored in their own transaction right after. Signing
+before the commit could vouch for a reading that never becomes durable: a failed commit
+reuses its seqs, and that signed checkpoint would contradict the real chain for ever. A
+checkpoint lost to a crash between the two transactions loses nothing: the next one covers
+every reading before it through the hash chain.
 """
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from gateway.checkpoints import Checkpoint, sign_checkpoint
 from gateway.config import StationConfig
 from gateway.errors import StoreError
 from gateway.forward import Forwarder
 from gateway.instruments import Link, channel_specs, link_opener, make_driver
+from gateway.keys import (
+    PublicKeyRecord,
+    SigningKey,
+    SigningKeyError,
+    ensure_signing_key,
+    read_public_keys,
+)
 from gateway.pipeline import Pipeline, rfc3339
 from gateway.scheduler import BusWorker, InstrumentHealth
-from gateway.stamp import Stamper
+from gateway.stamp import Stamped, Stamper
 from gateway.status import write_status
 from gateway.store import AsyncStore, redact
 from gateway.systemd import notify, watchdog_period
@@ -37,6 +55,100 @@ log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_STORE = 1
+EXIT_KEY = 1
+
+
+class _StoreState(NamedTuple):
+    """Where the store stood at start: chain head, outbox marks, last checkpoint."""
+
+    last_seq: int
+    last_hash: str
+    forwarded_seq: int
+    covered_seq: int
+    forwarded_checkpoint: int
+
+
+class Checkpointer:
+    """Signs a checkpoint of the committed chain every `every` readings or `interval` seconds.
+
+    `notify` is the pipeline's commit hook (it gets the committed readings, hashes and all);
+    `run` signs when `every` readings are waiting, or `interval` seconds after the last
+    checkpoint when any are; `checkpoint` signs now (the final one, on a clean stop). Each
+    checkpoint is stored, then handed to `on_checkpoint` (the forwarder's outbox).
+    """
+
+    def __init__(
+        self,
+        store: AsyncStore,
+        key: SigningKey,
+        station: str,
+        *,
+        every: int,
+        interval: float,
+        covered_seq: int,
+        head: tuple[int, str],
+        on_checkpoint: Callable[[int, Checkpoint], None] = lambda _id, _checkpoint: None,
+    ) -> None:
+        self._store = store
+        self._key = key
+        self._station = station
+        self._every = every
+        self._interval = interval
+        self._on_checkpoint = on_checkpoint
+        self._head = head
+        self._due = asyncio.Event()
+        self._failing = False
+        self.covered_seq = covered_seq
+        self.last_id = 0
+        self.signed = 0
+
+    def notify(self, committed: Sequence[Stamped]) -> None:
+        """Note the new head of the committed chain (the pipeline's commit hook)."""
+        if committed:
+            self._head = (committed[-1].seq, committed[-1].hash)
+            if self._head[0] - self.covered_seq >= self._every:
+                self._due.set()
+
+    async def run(self) -> None:
+        """Sign checkpoints as they fall due; runs until cancelled."""
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, last + self._interval - loop.time())):
+                    await self._due.wait()
+            self._due.clear()
+            await self.checkpoint()
+            last = loop.time()
+
+    async def checkpoint(self) -> Checkpoint | None:
+        """Sign and store a checkpoint of the committed head, unless one already covers it.
+
+        A store that cannot take it is logged (once) and does not stop anything: the next
+        checkpoint covers these readings too.
+        """
+        seq, hash_hex = self._head
+        if seq <= self.covered_seq:
+            return None
+        checkpoint = sign_checkpoint(
+            self._key.private_key,
+            station=self._station,
+            seq=seq,
+            hash_hex=hash_hex,
+            time=rfc3339(datetime.now(UTC)),
+        )
+        try:
+            checkpoint_id = await self._store.call(self._store.store.add_checkpoint, checkpoint)
+        except StoreError as exc:
+            if not self._failing:
+                log.warning("cannot store the checkpoint at seq %d (%s)", seq, exc)
+            self._failing = True
+            return None
+        self._failing = False
+        self.covered_seq, self.last_id = seq, checkpoint_id
+        self.signed += 1
+        self._on_checkpoint(checkpoint_id, checkpoint)
+        return checkpoint
 
 
 class Station:
@@ -48,6 +160,7 @@ class Station:
         self.health: dict[str, InstrumentHealth] = {}
         self.pipeline: Pipeline | None = None
         self.forwarder: Forwarder | None = None
+        self.checkpointer: Checkpointer | None = None
         self.ready = asyncio.Event()
         self._status_unwritable = False
 
@@ -84,36 +197,48 @@ class Station:
     async def run(self, stop: asyncio.Event) -> int:
         """Run until `stop` is set or the store fails; return the exit status."""
         config = self.config
-        url = config.store_url
-        try:
-            store = await AsyncStore.open(url, station=config.station.id)
-            last_seq, last_hash = await store.call(store.store.head)
-            forwarded = await store.call(store.store.forwarded_seq)
-        except StoreError as exc:
-            log.error("cannot start: %s", exc)  # noqa: TRY400 - the message is the diagnosis
+        opened = await self._open_store()
+        if opened is None:
             return EXIT_STORE
-        log.info(
-            "store %s: %d readings, %d not yet forwarded",
-            redact(url),
-            last_seq,
-            last_seq - forwarded,
-        )
+        store, state = opened
+        key = await self._signing_key(store)
+        if key is None:
+            await store.aclose()
+            return EXIT_KEY
+        last_seq, last_hash = state.last_seq, state.last_hash
         forwarder = Forwarder(
             config.upstream,
             config.station.id,
             store,
-            forwarded_seq=forwarded,
+            forwarded_seq=state.forwarded_seq,
+            forwarded_checkpoint=state.forwarded_checkpoint,
             health=self.health_snapshot,
         )
+        checkpointer = Checkpointer(
+            store,
+            key,
+            config.station.id,
+            every=config.signing.checkpoint_every,
+            interval=config.signing.checkpoint_interval,
+            covered_seq=state.covered_seq,
+            head=(last_seq, last_hash),
+            on_checkpoint=forwarder.notify_checkpoint,
+        )
+
+        def committed(stamped: Sequence[Stamped]) -> None:
+            forwarder.notify(stamped)
+            checkpointer.notify(stamped)
+
         pipeline = Pipeline(
             store,
             Stamper(config.station.id, last_seq=last_seq, last_hash=last_hash),
             batch_max=config.store.batch_max,
             batch_latency=config.store.batch_latency,
-            on_commit=forwarder.notify,
+            on_commit=committed,
         )
-        self.pipeline, self.forwarder = pipeline, forwarder
+        self.pipeline, self.forwarder, self.checkpointer = pipeline, forwarder, checkpointer
         forward_task = asyncio.create_task(forwarder.run(), name="forwarder")
+        checkpoint_task = asyncio.create_task(checkpointer.run(), name="checkpointer")
         pipeline_task = asyncio.create_task(pipeline.run(), name="pipeline")
         bus_tasks = [
             asyncio.create_task(worker.run(), name=f"bus {worker.bus_id}")
@@ -134,38 +259,123 @@ class Station:
         status = EXIT_OK
         try:
             await asyncio.wait(
-                [stop_task, pipeline_task, forward_task, *bus_tasks],
+                [stop_task, pipeline_task, forward_task, checkpoint_task, *bus_tasks],
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
             notify("STOPPING=1")
             await _cancel(*bus_tasks, stop_task)
             status = await self._finish_pipeline(pipeline, pipeline_task)
-            if status == EXIT_OK and not forward_task.done():
-                try:
-                    async with asyncio.timeout(config.upstream.flush_timeout):
-                        await forwarder.wait_forwarded(pipeline.last_seq)
-                except TimeoutError:
-                    log.warning(
-                        "stopping with %d readings not yet acknowledged by the "
-                        "broker; they stay in the outbox for the next start",
-                        pipeline.last_seq - forwarder.forwarded_seq,
-                    )
+            await _cancel(checkpoint_task)
+            if status == EXIT_OK:
+                await checkpointer.checkpoint()  # the final one: it covers the last reading
+                if not forward_task.done():
+                    await self._flush(forwarder, pipeline.last_seq, checkpointer.last_id)
             await _cancel(forward_task, watchdog, status_file)
             await store.aclose()
             self._write_status("stopped")
-        for task in (*bus_tasks, forward_task, watchdog, status_file):
+        for task in (*bus_tasks, forward_task, checkpoint_task, watchdog, status_file):
             failure = None if task.cancelled() or not task.done() else task.exception()
             if failure is not None:  # a bug, not a fault of the field: fail loudly
                 log.critical("%s failed", task.get_name(), exc_info=failure)
                 raise failure
         log.info(
-            "station %s stopped: %d readings committed this run, forwarded up to seq %d",
+            "station %s stopped: %d readings committed this run, forwarded up to seq %d; "
+            "%d checkpoints signed, the last at seq %d",
             config.station.id,
             pipeline.committed,
             forwarder.forwarded_seq,
+            checkpointer.signed,
+            checkpointer.covered_seq,
         )
         return status
+
+    async def _open_store(self) -> tuple[AsyncStore, _StoreState] | None:
+        """Open the store; read where the chain, the outboxes and the checkpoints stand."""
+        url = self.config.store_url
+        try:
+            store = await AsyncStore.open(url, station=self.config.station.id)
+        except StoreError as exc:
+            log.error("cannot start: %s", exc)  # noqa: TRY400 - the message is the diagnosis
+            return None
+        try:
+            last_seq, last_hash = await store.call(store.store.head)
+            state = _StoreState(
+                last_seq=last_seq,
+                last_hash=last_hash,
+                forwarded_seq=await store.call(store.store.forwarded_seq),
+                covered_seq=await store.call(store.store.last_checkpoint_seq),
+                forwarded_checkpoint=await store.call(store.store.checkpoints_forwarded),
+            )
+        except StoreError as exc:
+            log.error("cannot start: %s", exc)  # noqa: TRY400
+            await store.aclose()
+            return None
+        log.info(
+            "store %s: %d readings, %d not yet forwarded",
+            redact(url),
+            last_seq,
+            last_seq - state.forwarded_seq,
+        )
+        return store, state
+
+    async def _flush(self, forwarder: Forwarder, last_seq: int, last_checkpoint: int) -> None:
+        """Give the forwarder `flush_timeout` seconds to get everything acknowledged."""
+        try:
+            async with asyncio.timeout(self.config.upstream.flush_timeout):
+                await forwarder.wait_forwarded(last_seq)
+                await forwarder.wait_checkpoints_forwarded(last_checkpoint)
+        except TimeoutError:
+            log.warning(
+                "stopping with %d readings (or checkpoints) not yet acknowledged by "
+                "the broker; they stay in the outbox for the next start",
+                last_seq - forwarder.forwarded_seq,
+            )
+
+    async def _signing_key(self, store: AsyncStore) -> SigningKey | None:
+        """Load (at first start create) the signing key and record the station's keys.
+
+        Returns None, having said why, when the key must not be used or cannot be recorded.
+        """
+        key_dir = self.config.key_dir
+        try:
+            key, created = ensure_signing_key(
+                key_dir, station=self.config.station.id, now=rfc3339(datetime.now(UTC))
+            )
+            await self._record_keys(store, key)
+        except (SigningKeyError, StoreError) as exc:
+            log.error("cannot start: %s", exc)  # noqa: TRY400 - the message is the diagnosis
+            return None
+        if created:
+            log.warning(
+                "created the station's signing key %s (fingerprint %s); register its public "
+                "key upstream: metrogate keys show --config FILE",
+                key.path,
+                key.fingerprint,
+            )
+        return key
+
+    async def _record_keys(self, store: AsyncStore, key: SigningKey) -> None:
+        """Record the key directory's public keys in the store, `key` as the signing one."""
+        try:
+            known = read_public_keys(self.config.key_dir)
+        except SigningKeyError as exc:
+            log.warning("%s; recording only the signing key in the store", exc)
+            known = []
+        if key.fingerprint not in {record.fingerprint for record in known}:
+            known.append(PublicKeyRecord(key.public_key, key.fingerprint))
+        before = {stored.fingerprint for stored in await store.call(store.store.station_keys)}
+        now = rfc3339(datetime.now(UTC))
+        await store.call(
+            lambda: store.store.register_keys(known, current=key.fingerprint, now=now)
+        )
+        if before and key.fingerprint not in before:
+            log.warning(
+                "signing with key %s, which the store did not know (it knew %s): register the "
+                "new public key upstream (metrogate keys show)",
+                key.fingerprint,
+                ", ".join(sorted(before)),
+            )
 
     def _workers(self, pipeline: Pipeline) -> list[BusWorker]:
         config, base_dir = self.config, self.base_dir

@@ -9,6 +9,13 @@ the mark past the window. A broker that is down, refuses, or stalls past the pub
 ends the session; the forwarder reconnects with exponential backoff and publishes the window
 again: delivery is at-least-once, and subscribers de-duplicate by reading ``id``.
 
+Signed checkpoints (`gateway.checkpoints`) go to ``<prefix>/<station>/checkpoints``, one
+JSON object per message (QoS 1), through the same discipline with an outbox of their own:
+a checkpoint is published only once the broker has acknowledged every reading it covers, so
+a subscriber holds those readings when it arrives and can check it at once; its mark (a
+checkpoint id) moves after the checkpoint's PUBACK, and what was not acknowledged is
+published again (at-least-once; subscribers de-duplicate by ``signature``).
+
 The retained ``<prefix>/<station>/status`` topic carries ``{"state": "online", ...}`` with
 instrument health while connected, ``{"state": "offline", ...}`` on a clean stop, and the
 same offline object as the MQTT last will when the station vanishes.
@@ -29,6 +36,7 @@ from typing import Any
 import aiomqtt
 import orjson
 
+from gateway.checkpoints import Checkpoint
 from gateway.config import UpstreamSection
 from gateway.errors import StoreError
 from gateway.pipeline import rfc3339
@@ -46,6 +54,15 @@ def readings_topic(prefix: str, station: str, instrument: str) -> str:
 def status_topic(prefix: str, station: str) -> str:
     """Retained status topic of a station."""
     return f"{prefix}/{station}/status"
+
+
+def checkpoints_topic(prefix: str, station: str) -> str:
+    """Topic of a station's signed checkpoints."""
+    return f"{prefix}/{station}/checkpoints"
+
+
+#: Checkpoints read from the store per query of the checkpoints' outbox.
+_CHECKPOINT_BATCH = 100
 
 
 def group_messages(
@@ -107,6 +124,7 @@ class Forwarder:
         store: AsyncStore,
         *,
         forwarded_seq: int,
+        forwarded_checkpoint: int = 0,
         health: Callable[[], dict[str, Any]] = dict,
         window: int = 5000,
     ) -> None:
@@ -120,12 +138,22 @@ class Forwarder:
         self._recent_max = 20 * window
         self._progress = asyncio.Condition()
         self.forwarded_seq = forwarded_seq
+        self.forwarded_checkpoint = forwarded_checkpoint
+        # The store may hold checkpoints an earlier run did not get acknowledged.
+        self._checkpoints_waiting = True
         self._mark_failing = False
         self.connected = False
         self.published_messages = 0
         self.reconnects = 0
         prefix = settings.topic_prefix
         self._status_topic = status_topic(prefix, station)
+        self._checkpoints_topic = checkpoints_topic(prefix, station)
+
+    def notify_checkpoint(self, checkpoint_id: int, checkpoint: Checkpoint) -> None:
+        """Tell the forwarder that a checkpoint was stored (it publishes from the store)."""
+        log.debug("checkpoint %d at seq %d stored", checkpoint_id, checkpoint.seq)
+        self._checkpoints_waiting = True
+        self._wake.set()
 
     def notify(self, committed: Sequence[Stamped] = ()) -> None:
         """Tell the forwarder that readings were committed (handing them over if it can).
@@ -214,6 +242,7 @@ class Forwarder:
     async def _session(self) -> None:
         async with self._client() as client:
             self.connected = True
+            self._checkpoints_waiting = True  # one may have been cut off by the last session
             log.info("connected to broker %s", self._settings.broker)
             await self._publish_status(client, "online")
             try:
@@ -252,21 +281,72 @@ class Forwarder:
         while True:
             self._wake.clear()
             window = await self._next_window()
+            if window:
+                messages = group_messages(window, self._settings.max_readings_per_message)
+                async with asyncio.TaskGroup() as group:
+                    for instrument, items in messages:
+                        payload = published_payload((item.hash, item.body) for item in items)
+                        group.create_task(
+                            client.publish(
+                                readings_topic(prefix, station, instrument), payload, qos=1
+                            )
+                        )
+                await self._record(window[-1].seq)
+                self.published_messages += len(messages)
+                async with self._progress:
+                    self.forwarded_seq = window[-1].seq
+                    self._progress.notify_all()
+            if self._checkpoints_waiting:
+                await self._forward_checkpoints(client)
             if not window:
                 await self._wake.wait()
-                continue
-            messages = group_messages(window, self._settings.max_readings_per_message)
-            async with asyncio.TaskGroup() as group:
-                for instrument, items in messages:
-                    payload = published_payload((item.hash, item.body) for item in items)
-                    group.create_task(
-                        client.publish(readings_topic(prefix, station, instrument), payload, qos=1)
-                    )
-            await self._record(window[-1].seq)
-            self.published_messages += len(messages)
-            async with self._progress:
-                self.forwarded_seq = window[-1].seq
-                self._progress.notify_all()
+
+    async def _forward_checkpoints(self, client: aiomqtt.Client) -> None:
+        """Publish stored checkpoints whose readings are all acknowledged, in signing order."""
+        # Cleared first: a checkpoint stored while the store is read sets it again.
+        self._checkpoints_waiting = False
+        while True:
+            try:
+                batch = await self._store.call(
+                    self._store.store.pending_checkpoints,
+                    self.forwarded_checkpoint,
+                    _CHECKPOINT_BATCH,
+                )
+            except StoreError as exc:
+                log.warning("cannot read checkpoints to publish (%s); retrying later", exc)
+                self._checkpoints_waiting = True
+                return
+            ready = list(
+                itertools.takewhile(lambda item: item[1].seq <= self.forwarded_seq, batch)
+            )
+            if ready:
+                async with asyncio.TaskGroup() as group:
+                    for _id, checkpoint in ready:
+                        group.create_task(
+                            client.publish(self._checkpoints_topic, checkpoint.to_json(), qos=1)
+                        )
+                last_id = ready[-1][0]
+                await self._record_checkpoints(last_id)
+                async with self._progress:
+                    self.forwarded_checkpoint = last_id
+                    self._progress.notify_all()
+            if len(ready) < len(batch):  # their readings are not acknowledged yet
+                self._checkpoints_waiting = True
+                return
+            if len(batch) < _CHECKPOINT_BATCH:
+                return
+
+    async def _record_checkpoints(self, checkpoint_id: int) -> None:
+        """Persist the checkpoints' mark; like `_record`, a failure does not stop publishing."""
+        try:
+            await self._store.call(self._store.store.mark_checkpoints_forwarded, checkpoint_id)
+        except StoreError as exc:
+            log.warning("cannot record checkpoint %d as forwarded (%s)", checkpoint_id, exc)
+
+    async def wait_checkpoints_forwarded(self, checkpoint_id: int) -> None:
+        """Return once every checkpoint up to `checkpoint_id` is acknowledged."""
+        async with self._progress:
+            await self._progress.wait_for(lambda: self.forwarded_checkpoint >= checkpoint_id)
 
     async def _record(self, seq: int) -> None:
         """Persist the high-water mark; a store that cannot take it does not stop forwarding.

@@ -48,3 +48,36 @@ class StationMeta(SQLModel, table=True):
 
     key: str = Field(primary_key=True, max_length=32)
     value: str
+
+
+class CheckpointRow(SQLModel, table=True):
+    """A signed checkpoint (`gateway.checkpoints`), member for member as published.
+
+    `id` orders checkpoints as they were signed; the checkpoints' outbox mark
+    (`ForwardState` named ``mqtt-checkpoints``) is the highest `id` the broker acknowledged.
+    """
+
+    __tablename__ = "checkpoints"
+
+    id: int | None = Field(default=None, primary_key=True)
+    station: str = Field(max_length=64)
+    seq: int = Field(index=True)
+    hash: str = Field(max_length=64)
+    time: str = Field(max_length=32)
+    key: str = Field(max_length=64)
+    signature: str = Field(max_length=128)
+
+
+class StationKeyRow(SQLModel, table=True):
+    """A public key the station has signed checkpoints with; none is ever deleted.
+
+    The current signing key is the one with no `retired` time. Old keys stay so that the
+    checkpoints they signed still verify after a rotation.
+    """
+
+    __tablename__ = "station_keys"
+
+    fingerprint: str = Field(primary_key=True, max_length=64)
+    public_key: str = Field(max_length=64)
+    created: str = Field(max_length=32)
+    retired: str | None = Field(default=None, max_length=32)

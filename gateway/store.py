@@ -12,18 +12,20 @@ dedicated worker thread so an fsync never stalls the event loop and calls never 
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import orjson
-from sqlalchemy import Engine, event, func, insert, select, update
+from sqlalchemy import Engine, event, func, insert, inspect, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import SQLModel, create_engine
 
+from gateway.checkpoints import Checkpoint
 from gateway.errors import StoreError
-from gateway.models import ForwardState, ReadingRow, StationMeta
+from gateway.keys import PublicKeyRecord
+from gateway.models import CheckpointRow, ForwardState, ReadingRow, StationKeyRow, StationMeta
 from gateway.stamp import GENESIS_HASH, Stamped
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,11 @@ SCHEMA_VERSION = "1"
 _READINGS = ReadingRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it on table models
 _FORWARD = ForwardState.__table__  # type: ignore[attr-defined]
 _META = StationMeta.__table__  # type: ignore[attr-defined]
+_CHECKPOINTS = CheckpointRow.__table__  # type: ignore[attr-defined]
+_KEYS = StationKeyRow.__table__  # type: ignore[attr-defined]
 _OUTBOX = "mqtt"
+#: The checkpoints' outbox mark in `ForwardState`: there, forwarded_seq holds a checkpoint id.
+_CHECKPOINT_OUTBOX = "mqtt-checkpoints"
 
 T = TypeVar("T")
 
@@ -42,6 +48,23 @@ class Pending(NamedTuple):
 
     seq: int
     instrument: str
+    hash: str
+    body: bytes
+
+
+class StoredKey(NamedTuple):
+    """A row of the station's keys: a public key it has signed checkpoints with."""
+
+    fingerprint: str
+    public_key: str
+    created: str
+    retired: str | None
+
+
+class StoredReading(NamedTuple):
+    """A stored reading as `Store.reading_pages` streams it: row seq, hash, body bytes."""
+
+    seq: int
     hash: str
     body: bytes
 
@@ -104,7 +127,9 @@ class Store:
             engine = create_store_engine(url)
             if create:
                 SQLModel.metadata.create_all(
-                    engine, tables=[_READINGS, _FORWARD, _META], checkfirst=True
+                    engine,
+                    tables=[_READINGS, _FORWARD, _META, _CHECKPOINTS, _KEYS],
+                    checkfirst=True,
                 )
             store = cls(engine, station)
             store._claim(create=create)
@@ -230,8 +255,200 @@ class Store:
                 for digest, body in conn.execute(query)
             ]
 
+    # Checkpoints and keys (issue 5). Stores created before them get the tables at the
+    # daemon's next start; until then the reading methods below see none.
+
+    def _has_table(self, name: str) -> bool:
+        with self._guard(f"look for table {name}"):
+            return bool(inspect(self._engine).has_table(name))
+
+    def add_checkpoint(self, checkpoint: Checkpoint) -> int:
+        """Store a signed checkpoint in its own transaction; return its id (signing order).
+
+        Raises:
+            StoreError: the transaction did not commit.
+        """
+        row = {
+            "station": checkpoint.station,
+            "seq": checkpoint.seq,
+            "hash": checkpoint.hash,
+            "time": checkpoint.time,
+            "key": checkpoint.key,
+            "signature": checkpoint.signature,
+        }
+        action = f"store the checkpoint at seq {checkpoint.seq}"
+        with self._guard(action), self._engine.begin() as conn:
+            result = conn.execute(insert(_CHECKPOINTS).values(**row))
+            key = result.inserted_primary_key
+        if key is None or key[0] is None:  # pragma: no cover - both dialects report it
+            raise StoreError(f"cannot {action}: the database returned no id")
+        return int(key[0])
+
+    def last_checkpoint_seq(self) -> int:
+        """The highest seq a stored checkpoint covers (0 when there is none)."""
+        if not self._has_table("checkpoints"):
+            return 0
+        with self._guard("read the last checkpoint"), self._engine.connect() as conn:
+            return int(conn.execute(select(func.max(_CHECKPOINTS.c.seq))).scalar() or 0)
+
+    def checkpoint_count(self) -> int:
+        """The number of stored checkpoints."""
+        if not self._has_table("checkpoints"):
+            return 0
+        with self._guard("count checkpoints"), self._engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(_CHECKPOINTS)).scalar() or 0)
+
+    def pending_checkpoints(self, after_id: int, limit: int) -> list[tuple[int, Checkpoint]]:
+        """Up to `limit` checkpoints with id > `after_id`, in signing order, with their ids."""
+        query = (
+            select(_CHECKPOINTS)
+            .where(_CHECKPOINTS.c.id > after_id)
+            .order_by(_CHECKPOINTS.c.id)
+            .limit(limit)
+        )
+        with self._guard("read the checkpoints outbox"), self._engine.connect() as conn:
+            return [(int(row.id), _checkpoint(row)) for row in conn.execute(query)]
+
+    def checkpoints_forwarded(self) -> int:
+        """The highest checkpoint id up to which the broker acknowledged every checkpoint."""
+        with self._guard("read the checkpoints outbox state"), self._engine.connect() as conn:
+            value = conn.execute(
+                select(_FORWARD.c.forwarded_seq).where(_FORWARD.c.name == _CHECKPOINT_OUTBOX)
+            ).scalar()
+        return int(value or 0)
+
+    def mark_checkpoints_forwarded(self, checkpoint_id: int) -> None:
+        """Record that every checkpoint up to `checkpoint_id` was acknowledged (only forward)."""
+        action = f"mark checkpoint {checkpoint_id} forwarded"
+        with self._guard(action), self._engine.begin() as conn:
+            exists = conn.execute(
+                select(_FORWARD.c.forwarded_seq).where(_FORWARD.c.name == _CHECKPOINT_OUTBOX)
+            ).first()
+            if exists is None:
+                conn.execute(
+                    insert(_FORWARD),
+                    [{"name": _CHECKPOINT_OUTBOX, "forwarded_seq": checkpoint_id}],
+                )
+                return
+            conn.execute(
+                update(_FORWARD)
+                .where(
+                    _FORWARD.c.name == _CHECKPOINT_OUTBOX,
+                    _FORWARD.c.forwarded_seq < checkpoint_id,
+                )
+                .values(forwarded_seq=checkpoint_id)
+            )
+
+    def register_keys(
+        self, known: Sequence[PublicKeyRecord], *, current: str, now: str
+    ) -> list[str]:
+        """Record the station's public keys; `current` (a fingerprint) is the signing key.
+
+        Keys not yet recorded are added (with their creation time, or `now`); every other
+        key still marked current is retired at `now`. Nothing is ever deleted.
+
+        Returns:
+            The fingerprints that were added.
+        """
+        with self._guard("record the station's keys"), self._engine.begin() as conn:
+            stored = {str(row[0]) for row in conn.execute(select(_KEYS.c.fingerprint))}
+            added = [record for record in known if record.fingerprint not in stored]
+            if added:
+                conn.execute(
+                    insert(_KEYS),
+                    [
+                        {
+                            "fingerprint": record.fingerprint,
+                            "public_key": record.public_key,
+                            "created": record.created or now,
+                            "retired": None if record.fingerprint == current else now,
+                        }
+                        for record in added
+                    ],
+                )
+            conn.execute(
+                update(_KEYS)
+                .where(_KEYS.c.fingerprint != current, _KEYS.c.retired.is_(None))
+                .values(retired=now)
+            )
+            conn.execute(update(_KEYS).where(_KEYS.c.fingerprint == current).values(retired=None))
+        return [record.fingerprint for record in added]
+
+    def station_keys(self) -> list[StoredKey]:
+        """Every public key the station has recorded, oldest first."""
+        if not self._has_table("station_keys"):
+            return []
+        query = select(_KEYS).order_by(_KEYS.c.created, _KEYS.c.fingerprint)
+        with self._guard("read the station's keys"), self._engine.connect() as conn:
+            return [
+                StoredKey(str(r.fingerprint), str(r.public_key), str(r.created), r.retired)
+                for r in conn.execute(query)
+            ]
+
+    def reading_pages(self, page_size: int = 10_000) -> Iterator[list[StoredReading]]:
+        """Every stored reading in seq order, a page (one short query) at a time.
+
+        Keyset paging (``seq > last``) costs the same on the last page as on the first, and
+        no connection is held between pages, so verifying years of readings runs in
+        constant memory beside a running daemon.
+        """
+        after: int | None = None  # the first page has no lower bound: any seq an intruder wrote
+        while True:
+            query = (
+                select(_READINGS.c.seq, _READINGS.c.hash, _READINGS.c.body)
+                .order_by(_READINGS.c.seq)
+                .limit(page_size)
+            )
+            if after is not None:
+                query = query.where(_READINGS.c.seq > after)
+            with self._guard("read readings"), self._engine.connect() as conn:
+                page = [
+                    # A body rewritten as text (SQLite lets anyone) is still read, and checked.
+                    StoredReading(int(s), str(h), b.encode() if isinstance(b, str) else bytes(b))
+                    for s, h, b in conn.execute(query)
+                ]
+            if not page:
+                return
+            yield page
+            after = page[-1].seq
+
+    def checkpoint_pages(self, page_size: int = 10_000) -> Iterator[list[Checkpoint]]:
+        """Every stored checkpoint in (seq, id) order, a page at a time."""
+        if not self._has_table("checkpoints"):
+            return
+        after: tuple[int, int] | None = None
+        while True:
+            query = (
+                select(_CHECKPOINTS)
+                .order_by(_CHECKPOINTS.c.seq, _CHECKPOINTS.c.id)
+                .limit(page_size)
+            )
+            if after is not None:
+                seq, checkpoint_id = after
+                query = query.where(
+                    (_CHECKPOINTS.c.seq > seq)
+                    | ((_CHECKPOINTS.c.seq == seq) & (_CHECKPOINTS.c.id > checkpoint_id))
+                )
+            with self._guard("read checkpoints"), self._engine.connect() as conn:
+                rows = list(conn.execute(query))
+            if not rows:
+                return
+            yield [_checkpoint(row) for row in rows]
+            after = (int(rows[-1].seq), int(rows[-1].id))
+
     def _guard(self, action: str) -> "_Guard":
         return _Guard(action)
+
+
+def _checkpoint(row: Any) -> Checkpoint:  # noqa: ANN401 - a SQLAlchemy Row
+    return Checkpoint(
+        station=str(row.station),
+        seq=int(row.seq),
+        hash=str(row.hash),
+        time=str(row.time),
+        key=str(row.key),
+        signature=str(row.signature),
+    )
 
 
 class _Guard:
