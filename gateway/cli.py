@@ -482,6 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--page-size", type=int, default=10_000, help="readings per query (memory bound)"
     )
     verify.set_defaults(handler=cmd_verify)
+    from gateway.collector import add_collect_parser  # noqa: PLC0415 - upstream side only
+
+    add_collect_parser(commands)
     return parser
 
 
