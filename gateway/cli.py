@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The ``metrogate`` command: run, demo, check-config, readings, status, keys, verify.
+"""The ``metrogate`` command.
 
+Subcommands: run, demo, check-config, readings, status, keys, verify, certs, standards,
+chain, collect (and calibrate, for test rigs).
 Exit statuses: 0 success; 1 the station file, the key or the store is unusable (the message
 says why), or ``verify`` found a problem; 2 wrong command-line usage (argparse).
 """
@@ -17,6 +19,7 @@ import orjson
 
 from gateway.config import StationConfig, load_config
 from gateway.errors import ConfigError, StoreError
+from gateway.register import add_register_parsers
 from gateway.store import Store, redact
 from gateway.tuning import keep_heap
 
@@ -38,9 +41,6 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # pymodbus logs an ERROR for every unanswered request; the scheduler already logs each
-    # instrument's state changes (degraded, down, recovered) once, with the reason.
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     # pymodbus logs an ERROR for every unanswered request; the scheduler already logs each
     # instrument's state changes (degraded, down, recovered) once, with the reason.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
@@ -482,10 +482,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--page-size", type=int, default=10_000, help="readings per query (memory bound)"
     )
     verify.set_defaults(handler=cmd_verify)
-    from gateway.collector import add_collect_parser  # noqa: PLC0415 - upstream side only
-
-    add_collect_parser(commands)
+    _add_other_parsers(commands)
     return parser
+
+
+def _add_other_parsers(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Commands defined beside what they run: the register, test rigs, the collector."""
+    from gateway.collector import add_collect_parser  # noqa: PLC0415 - upstream side only
+    from gateway.rig import add_calibrate_parser  # noqa: PLC0415 - test rigs only
+
+    add_register_parsers(commands)
+    add_calibrate_parser(commands)
+    add_collect_parser(commands)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

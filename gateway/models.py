@@ -81,3 +81,49 @@ class StationKeyRow(SQLModel, table=True):
     public_key: str = Field(max_length=64)
     created: str = Field(max_length=32)
     retired: str | None = Field(default=None, max_length=32)
+
+
+class StandardRow(SQLModel, table=True):
+    """A measurement standard of the register (`calibration.chain.Standard`)."""
+
+    __tablename__ = "register_standards"
+
+    id: str = Field(primary_key=True, max_length=64)
+    name: str = ""
+    level: str = Field(max_length=32)
+    assessment_certificate: str | None = None
+    assessment_valid_until: str | None = Field(default=None, max_length=32)
+
+
+class CertificateRow(SQLModel, table=True):
+    """A certificate of the register (`calibration.chain.CertificateRecord`) and its points.
+
+    Times are RFC 3339 UTC text, as in `readings`; `made_with` and `points` are JSON arrays
+    (points as ``[indication, correction, U, k]`` in normal form, ready for
+    `calibration.Certificate`), so that a channel's correction can be built from the register.
+    """
+
+    __tablename__ = "register_certificates"
+
+    number: str = Field(primary_key=True, max_length=128)
+    kind: str = Field(max_length=16)
+    issuer: str = ""
+    accreditation: str = ""
+    route: str = Field(max_length=32)
+    issued: str = Field(max_length=32)
+    valid_until: str | None = Field(default=None, max_length=32)
+    interval_days: float | None = None
+    subject: str = Field(index=True, max_length=130)
+    made_with: str = "[]"
+    range_min: float | None = None
+    range_max: float | None = None
+    range_unit: str | None = None
+    accuracy_class: str | None = None
+    mpe: float | None = None
+    passed: bool | None = None
+    procedure: str = ""
+    unit: str | None = None
+    points: str = "[]"
+    point_correlation: float = 1.0
+    interpolation_u: float | None = None
+    source: str = ""

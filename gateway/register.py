@@ -1,0 +1,674 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The register of standards and certificates, kept in the station database, and its CLI.
+
+References: DOMAIN.md §1 (the chain in China, ILAC P10 sources, 检定 vs 校准); the chain
+itself is checked by the pure `calibration.chain`. This module maps between the register's
+tables (`gateway.models.StandardRow`, `CertificateRow`), the import files (TOML/JSON with
+``[[standard]]`` and ``[[certificate]]`` tables; DCC XML through `calibration.dcc`) and the
+frozen records, and defines the ``certs``, ``standards`` and ``chain`` subcommands.
+
+Pydantic import models live here rather than in `gateway.config` only because that module
+is owned by another change in flight; they belong beside `CertificateConfig` (STYLE §7).
+"""
+
+import argparse
+import json
+import sys
+import tomllib
+from collections.abc import Iterable
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from pydantic import Field, ValidationError
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session, SQLModel
+
+from calibration import (
+    CalibratedRange,
+    CalibrationError,
+    Certificate,
+    CertificateRecord,
+    ChainResult,
+    Level,
+    Route,
+    Standard,
+    dcc_to_certificate,
+    expiring,
+    parse_dcc,
+    resolve_chain,
+)
+from calibration.chain import LEVELS, ROUTES
+from gateway.config import (
+    CertificateConfig,
+    Identifier,
+    PointConfig,
+    _end_of,
+    _Model,
+    _start_of,
+    load_config,
+)
+from gateway.errors import ConfigError, GatewayError, StoreError
+from gateway.models import CertificateRow, StandardRow
+from gateway.store import create_store_engine
+
+__all__ = [
+    "DEFAULT_EXPIRY_WARNING_DAYS",
+    "RegisterCertificateConfig",
+    "RegisterError",
+    "RegisterFile",
+    "StandardConfig",
+    "add_register_parsers",
+    "load_records",
+    "load_standards",
+    "open_register",
+    "read_register_file",
+    "record_from_dcc",
+    "save_certificate",
+    "save_standard",
+]
+
+#: Days ahead that ``certs list`` and ``chain`` warn of an expiry, until the station file
+#: gains ``[register] expiry_warning_days`` (gateway.config is not this change's to edit).
+DEFAULT_EXPIRY_WARNING_DAYS = 30.0
+_TABLES = [StandardRow.__table__, CertificateRow.__table__]  # type: ignore[attr-defined]  # SQLModel sets it
+
+
+class RegisterError(GatewayError):
+    """An import file or a register entry cannot be used; the message says which and why."""
+
+
+class StandardConfig(_Model):
+    """``[[standard]]``: a measurement standard of the register."""
+
+    id: Identifier
+    name: str = ""
+    level: Level
+    assessment_certificate: str | None = None
+    assessment_valid_until: date | datetime | None = None
+
+
+class RegisterCertificateConfig(CertificateConfig):
+    """``[[certificate]]`` in a register file: the station file's form plus the chain's.
+
+    `valid_until` may be left out when `interval_days` gives the recalibration interval from
+    `issued` (default: `valid_from`). A verification needs no points but states `passed`.
+    """
+
+    subject: str = Field(min_length=1, max_length=130)
+    route: Route
+    made_with: list[str] = Field(default_factory=list)
+    issued: date | datetime | None = None
+    valid_until: date | datetime | None = None  # type: ignore[assignment]  # optional here
+    interval_days: float | None = Field(default=None, gt=0)
+    range: tuple[float, float] | None = None
+    range_unit: str | None = None
+    accuracy_class: str | None = None
+    mpe: float | None = Field(default=None, gt=0)
+    passed: bool | None = None
+    procedure: str = ""
+    points: list[PointConfig] = Field(default_factory=list)
+
+
+class RegisterFile(_Model):
+    """A register import file: standards and certificates."""
+
+    standard: list[StandardConfig] = Field(default_factory=list)
+    certificate: list[RegisterCertificateConfig] = Field(default_factory=list)
+
+
+def _utc(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat()
+
+
+def _time(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def open_register(url: str) -> Engine:
+    """Open the store at `url` and create the register's tables if missing.
+
+    Raises:
+        StoreError: the database cannot be opened.
+    """
+    try:
+        engine = create_store_engine(url)
+        SQLModel.metadata.create_all(engine, tables=_TABLES, checkfirst=True)
+    except (SQLAlchemyError, OSError) as exc:
+        raise StoreError(f"cannot open the register at {url}: {exc}") from exc
+    return engine
+
+
+def save_standard(engine: Engine, standard: Standard) -> None:
+    """Insert or replace `standard`."""
+    row = StandardRow(
+        id=standard.id,
+        name=standard.name,
+        level=standard.level,
+        assessment_certificate=standard.assessment_certificate,
+        assessment_valid_until=(
+            _utc(standard.assessment_valid_until) if standard.assessment_valid_until else None
+        ),
+    )
+    with Session(engine) as session:
+        session.merge(row)
+        session.commit()
+
+
+def save_certificate(
+    engine: Engine,
+    record: CertificateRecord,
+    *,
+    model: Certificate | None = None,
+    source: str = "",
+) -> None:
+    """Insert or replace `record`, with the points of its calibration `model` if any."""
+    span = record.calibrated_range
+    row = CertificateRow(
+        number=record.number,
+        kind=record.kind,
+        issuer=record.issuer,
+        accreditation=record.accreditation,
+        route=record.route,
+        issued=_utc(record.issued),
+        valid_until=_utc(record.valid_until) if record.valid_until else None,
+        interval_days=record.interval / timedelta(days=1) if record.interval else None,
+        subject=record.subject,
+        made_with=json.dumps(list(record.made_with)),
+        range_min=span.minimum if span else None,
+        range_max=span.maximum if span else None,
+        range_unit=span.unit if span else None,
+        accuracy_class=record.accuracy_class,
+        mpe=record.mpe,
+        passed=record.passed,
+        procedure=record.procedure,
+        unit=model.unit if model else None,
+        points=json.dumps(
+            [
+                [p.indication, p.correction, p.expanded_uncertainty, p.coverage_factor]
+                for p in (model.points if model else ())
+            ]
+        ),
+        point_correlation=model.point_correlation if model else 1.0,
+        interpolation_u=model.interpolation_u if model else None,
+        source=source,
+    )
+    with Session(engine) as session:
+        session.merge(row)
+        session.commit()
+
+
+def _standard(row: StandardRow) -> Standard:
+    return Standard(
+        id=row.id,
+        name=row.name,
+        level=cast("Level", row.level),
+        assessment_certificate=row.assessment_certificate,
+        assessment_valid_until=_time(row.assessment_valid_until),
+    )
+
+
+def _record(row: CertificateRow) -> CertificateRecord:
+    span = (
+        CalibratedRange(minimum=row.range_min, maximum=row.range_max, unit=row.range_unit)
+        if row.range_min is not None and row.range_max is not None and row.range_unit
+        else None
+    )
+    return CertificateRecord(
+        number=row.number,
+        kind=cast("Literal['calibration', 'verification', 'in-house']", row.kind),
+        issuer=row.issuer,
+        accreditation=row.accreditation,
+        route=cast("Route", row.route),
+        issued=datetime.fromisoformat(row.issued),
+        valid_until=_time(row.valid_until),
+        interval=timedelta(days=row.interval_days) if row.interval_days is not None else None,
+        subject=row.subject,
+        made_with=tuple(json.loads(row.made_with)),
+        calibrated_range=span,
+        accuracy_class=row.accuracy_class,
+        mpe=row.mpe,
+        passed=row.passed,
+        procedure=row.procedure,
+    )
+
+
+def load_standards(engine: Engine) -> dict[str, Standard]:
+    """Every standard of the register, by id."""
+    with Session(engine) as session:
+        return {row.id: _standard(row) for row in session.scalars(select(StandardRow))}
+
+
+def load_records(engine: Engine) -> list[CertificateRecord]:
+    """Every certificate record of the register, by number."""
+    with Session(engine) as session:
+        rows = session.scalars(select(CertificateRow).order_by(CertificateRow.number))
+        return [_record(row) for row in rows]
+
+
+def _row(engine: Engine, number: str) -> CertificateRow | None:
+    with Session(engine) as session:
+        return session.get(CertificateRow, number)
+
+
+def read_register_file(path: Path) -> RegisterFile:
+    """Read a register file (``.toml`` or ``.json``).
+
+    Raises:
+        RegisterError: unreadable or invalid; every problem is listed.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+        document = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        return RegisterFile.model_validate(document)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        if isinstance(exc, ValidationError):
+            problems = "\n".join(
+                f"{path}: {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            raise RegisterError(problems) from exc
+        raise RegisterError(f"{path}: {exc}") from exc
+
+
+def standard_from_config(config: StandardConfig) -> Standard:
+    """The `Standard` of a ``[[standard]]`` entry (dates are UTC days, inclusive)."""
+    until = config.assessment_valid_until
+    return Standard(
+        id=config.id,
+        name=config.name,
+        level=config.level,
+        assessment_certificate=config.assessment_certificate,
+        assessment_valid_until=_end_of(until) if until is not None else None,
+    )
+
+
+def record_from_config(
+    config: RegisterCertificateConfig,
+) -> tuple[CertificateRecord, Certificate | None]:
+    """The record of a ``[[certificate]]`` entry and, for one with points, its correction model.
+
+    Raises:
+        CalibrationError: the entry is not a valid certificate.
+    """
+    model = None
+    if config.points:
+        if config.valid_until is not None:
+            until = config.valid_until_utc
+        elif config.interval_days is not None:
+            until = _start_of(config.issued or config.valid_from) + timedelta(
+                days=config.interval_days
+            )
+        else:
+            raise CalibrationError(f"certificate {config.id!r}: no valid_until nor interval_days")
+        model = Certificate.from_points(
+            certificate_id=config.id,
+            unit=config.unit,
+            issuer=config.issuer,
+            kind=config.kind,
+            valid_from=config.valid_from_utc,
+            valid_until=until,
+            abscissa=config.abscissa,
+            convention=config.convention,
+            points=[(p.x, p.c, p.U, p.k) for p in config.points],
+            point_correlation=config.point_correlation,
+            interpolation_u=config.interpolation_u,
+        )
+    span: CalibratedRange | None = None
+    if config.range is not None:
+        low, high = config.range
+        span = CalibratedRange(minimum=low, maximum=high, unit=config.range_unit or config.unit)
+    elif model is not None:
+        low, high = model.points[0].indication, model.points[-1].indication
+        span = CalibratedRange(minimum=low, maximum=high, unit=model.unit)
+    record = CertificateRecord(
+        number=config.id,
+        kind=config.kind,
+        issuer=config.issuer,
+        accreditation=config.accreditation,
+        route=config.route,
+        issued=_start_of(config.issued or config.valid_from),
+        valid_until=_end_of(config.valid_until) if config.valid_until is not None else None,
+        interval=timedelta(days=config.interval_days) if config.interval_days else None,
+        subject=config.subject,
+        made_with=tuple(config.made_with),
+        calibrated_range=span,
+        accuracy_class=config.accuracy_class,
+        mpe=config.mpe,
+        passed=config.passed,
+        procedure=config.procedure,
+    )
+    return record, model
+
+
+def record_from_dcc(
+    xml: bytes,
+    *,
+    subject: str | None,
+    unit: str | None,
+    route: Route | None,
+    accreditation: str | None,
+    made_with: Iterable[str] | None,
+    result: str | None = None,
+) -> tuple[CertificateRecord, Certificate | None]:
+    r"""The record of a DCC and, when `unit` is given, its correction model.
+
+    Defaults come from the DCC: the subject is the first item's first identification, the
+    accreditation the laboratory code, the upstream standards each measuring equipment's
+    first identification (`dcc:measuringEquipments`: the link upward), the route an
+    accredited lab when a laboratory code is given.
+
+    Raises:
+        CalibrationError: the DCC cannot be read or lacks what the register needs.
+    """
+    dcc = parse_dcc(xml)
+    where = f"DCC {dcc.unique_identifier!r}"
+    if subject is None:
+        ids = [i.value for item in dcc.items for i in item.identifications]
+        if not ids:
+            raise CalibrationError(f"{where} identifies no item: give --subject")
+        subject = ids[0]
+    accreditation = accreditation if accreditation is not None else dcc.laboratory_code or ""
+    if route is None:
+        if not accreditation:
+            raise CalibrationError(f"{where} has no laboratory code: give --route")
+        route = "ILAC-MRA accredited lab"
+    if made_with is None:
+        made_with = [
+            e.identifications[0].value
+            for m in dcc.measurement_results
+            for e in m.equipment
+            if e.identifications
+        ]
+    model = dcc_to_certificate(dcc, unit=unit, result=result) if unit else None
+    if dcc.recalibration_due is None and model is None:
+        raise CalibrationError(f"{where} states no recalibration date: give --unit")
+    issued = datetime.combine(dcc.begin_performance_date, datetime.min.time(), tzinfo=UTC)
+    until = model.valid_until if model else _end_of(cast("date", dcc.recalibration_due))
+    span = (
+        CalibratedRange(
+            minimum=model.points[0].indication,
+            maximum=model.points[-1].indication,
+            unit=model.unit,
+        )
+        if model
+        else None
+    )
+    record = CertificateRecord(
+        number=dcc.unique_identifier,
+        kind="calibration",
+        issuer=dcc.laboratory.name or "",
+        accreditation=accreditation,
+        route=route,
+        issued=issued,
+        valid_until=until,
+        subject=subject,
+        made_with=tuple(made_with),
+        calibrated_range=span,
+    )
+    return record, model
+
+
+# ---- command line -------------------------------------------------------------------------
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _fail(text: str) -> int:
+    sys.stderr.write(f"metrogate: {text}\n")
+    return 1
+
+
+def _engine(args: argparse.Namespace) -> Engine:
+    url = args.db if args.db else load_config(args.config).store_url
+    return open_register(url)
+
+
+def _at(text: str | None) -> datetime:
+    if text is None:
+        return datetime.now(UTC)
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _run(handler: Any) -> Any:  # noqa: ANN401 - wraps any command handler
+    def run(args: argparse.Namespace) -> int:
+        try:
+            engine = _engine(args)
+        except (ConfigError, StoreError) as exc:
+            return _fail(str(exc))
+        try:
+            status: int = handler(args, engine)
+        except (RegisterError, CalibrationError, StoreError, OSError) as exc:
+            return _fail(str(exc))
+        finally:
+            engine.dispose()
+        return status
+
+    return run
+
+
+def _cmd_certs_import(args: argparse.Namespace, engine: Engine) -> int:
+    path = Path(args.file)
+    if path.suffix.lower() == ".xml":
+        record, model = record_from_dcc(
+            path.read_bytes(),
+            subject=args.subject,
+            unit=args.unit,
+            route=args.route,
+            accreditation=args.accreditation,
+            made_with=args.made_with,
+            result=args.result,
+        )
+        save_certificate(engine, record, model=model, source=f"dcc:{path.name}")
+        _out(f"imported {record.number} for {record.subject} from {path}")
+        return 0
+    register = read_register_file(path)
+    for entry in register.standard:
+        save_standard(engine, standard_from_config(entry))
+    for certificate in register.certificate:
+        record, model = record_from_config(certificate)
+        save_certificate(engine, record, model=model, source=path.name)
+    _out(
+        f"imported {len(register.standard)} standards and "
+        f"{len(register.certificate)} certificates from {path}"
+    )
+    return 0
+
+
+def _validity(record: CertificateRecord, at: datetime, warn_days: float) -> str:
+    if at > record.expires:
+        return "EXPIRED"
+    if at < record.issued:
+        return "NOT YET VALID"
+    left = record.expires - at
+    return f"expires in {left.days} d" if left <= timedelta(days=warn_days) else "valid"
+
+
+def _cmd_certs_list(args: argparse.Namespace, engine: Engine) -> int:
+    at = _at(args.at)
+    records = load_records(engine)
+    _out(f"{'number':<24} {'kind':<12} {'subject':<24} {'route':<26} {'expires':<11} status")
+    for record in records:
+        _out(
+            f"{record.number:<24} {record.kind:<12} {record.subject:<24} {record.route:<26} "
+            f"{record.expires.date().isoformat():<11} {_validity(record, at, args.warn_days)}"
+        )
+    soon = expiring(records, at, args.warn_days)
+    _out(f"{len(records)} certificates; {len(soon)} expire within {args.warn_days:g} days")
+    for record in soon:
+        _out(f"WARNING: {record.number} ({record.subject}) expires {record.expires.isoformat()}")
+    return 0
+
+
+def _cmd_certs_show(args: argparse.Namespace, engine: Engine) -> int:
+    row = _row(engine, args.number)
+    if row is None:
+        return _fail(f"no certificate {args.number!r} in the register")
+    for key, value in row.model_dump().items():
+        if key == "points":
+            points = json.loads(value)
+            _out(f"{'points':<22} {len(points)} (indication, correction, U, k)")
+            for point in points:
+                _out(f"{'':<22} {point}")
+        elif value not in (None, "", "[]"):
+            _out(f"{key:<22} {value}")
+    return 0
+
+
+def _cmd_standards_add(args: argparse.Namespace, engine: Engine) -> int:
+    until = args.assessment_valid_until
+    save_standard(
+        engine,
+        standard_from_config(
+            StandardConfig(
+                id=args.id,
+                name=args.name,
+                level=args.level,
+                assessment_certificate=args.assessment_certificate,
+                assessment_valid_until=date.fromisoformat(until) if until else None,
+            )
+        ),
+    )
+    _out(f"standard {args.id} saved")
+    return 0
+
+
+def _cmd_standards_import(args: argparse.Namespace, engine: Engine) -> int:
+    register = read_register_file(Path(args.file))
+    for entry in register.standard:
+        save_standard(engine, standard_from_config(entry))
+    _out(f"imported {len(register.standard)} standards from {args.file}")
+    return 0
+
+
+def _cmd_standards_list(_args: argparse.Namespace, engine: Engine) -> int:
+    for standard in load_standards(engine).values():
+        assessment = (
+            f" assessment {standard.assessment_certificate} until "
+            f"{standard.assessment_valid_until.date().isoformat()}"
+            if standard.assessment_valid_until and standard.assessment_certificate
+            else ""
+        )
+        _out(f"{standard.id:<20} {standard.level:<19} {standard.name}{assessment}")
+    return 0
+
+
+def format_chain(result: ChainResult, *, warn_days: float) -> list[str]:
+    """The chain as indented lines, one per link, then the verdict."""
+    lines = [f"chain of {result.subject} at {result.at.isoformat()}"]
+    for link in result.links:
+        indent = "  " * (link.depth + 1)
+        level = f" [{link.standard.level}]" if link.standard else ""
+        cert = link.certificate
+        if cert is None:
+            what = "root" if link.ok else "-"
+        else:
+            what = (
+                f"{cert.number} {cert.kind} by {cert.issuer} "
+                f"({cert.route}{', ' + cert.accreditation if cert.accreditation else ''}) "
+                f"valid until {cert.expires.date().isoformat()}"
+            )
+        lines.append(f"{indent}{'OK  ' if link.ok else 'FAIL'} {link.subject}{level}: {what}")
+        lines.extend(f"{indent}     - {reason}" for reason in link.reasons)
+    certificates = [link.certificate for link in result.links if link.certificate]
+    lines.extend(
+        f"WARNING: {record.number} ({record.subject}) expires {record.expires.isoformat()}"
+        for record in expiring(dict.fromkeys(certificates), result.at, warn_days)
+    )
+    if result.ok:
+        lines.append(f"OK: traceable to {', '.join(result.roots)}")
+    else:
+        first = result.failures[0]
+        number = first.certificate.number if first.certificate else "no certificate"
+        lines.append(
+            f"BROKEN at {first.subject} ({number}): {'; '.join(first.reasons)}"
+            + (f" (and {len(result.failures) - 1} more)" if len(result.failures) > 1 else "")
+        )
+    return lines
+
+
+def _cmd_chain(args: argparse.Namespace, engine: Engine) -> int:
+    result = resolve_chain(
+        args.subject,
+        _at(args.at),
+        value=args.value,
+        records=load_records(engine),
+        standards=load_standards(engine),
+    )
+    for line in format_chain(result, warn_days=args.warn_days):
+        _out(line)
+    return 0 if result.ok else 1
+
+
+def _source(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--config", help="station file whose store holds the register")
+    group.add_argument("--db", help="store URL, e.g. sqlite:////var/lib/metrogate/metrogate.db")
+
+
+def _warn(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--warn-days",
+        type=float,
+        default=DEFAULT_EXPIRY_WARNING_DAYS,
+        help=f"warn of expiry this many days ahead (default {DEFAULT_EXPIRY_WARNING_DAYS:g})",
+    )
+    parser.add_argument("--at", default=None, help="the instant to check for (ISO 8601; now)")
+
+
+def add_register_parsers(commands: Any) -> None:  # noqa: ANN401 - argparse's private _SubParsersAction
+    """Add the ``certs``, ``standards`` and ``chain`` subcommands to `commands`."""
+    certs = commands.add_parser("certs", help="the register's certificates")
+    actions = certs.add_subparsers(dest="certs_command", required=True, metavar="ACTION")
+    imported = actions.add_parser(
+        "import", help="import a register file (TOML/JSON) or a DCC (XML)"
+    )
+    imported.add_argument("file")
+    _source(imported)
+    imported.add_argument("--subject", help="DCC: instrument[/channel] or standard id")
+    imported.add_argument("--unit", help=r"DCC: D-SI unit of the points to keep, e.g. \gram")
+    imported.add_argument("--result", help="DCC: the result's refType or name")
+    imported.add_argument("--route", choices=ROUTES, help="DCC: how the issuer is acceptable")
+    imported.add_argument("--accreditation", help="DCC: accreditation/authorisation number")
+    imported.add_argument(
+        "--made-with", action="append", help="DCC: upstream standard id (repeat)"
+    )
+    imported.set_defaults(handler=_run(_cmd_certs_import))
+    listed = actions.add_parser("list", help="every certificate, with expiry warnings")
+    _source(listed)
+    _warn(listed)
+    listed.set_defaults(handler=_run(_cmd_certs_list))
+    show = actions.add_parser("show", help="one certificate with its points")
+    show.add_argument("number")
+    _source(show)
+    show.set_defaults(handler=_run(_cmd_certs_show))
+
+    standards = commands.add_parser("standards", help="the register's measurement standards")
+    actions = standards.add_subparsers(dest="standards_command", required=True, metavar="ACTION")
+    add = actions.add_parser("add", help="add or replace a standard")
+    add.add_argument("id")
+    add.add_argument("--level", required=True, choices=LEVELS)
+    add.add_argument("--name", default="")
+    add.add_argument("--assessment-certificate", default=None, help="考核证书 number")
+    add.add_argument("--assessment-valid-until", default=None, help="YYYY-MM-DD")
+    _source(add)
+    add.set_defaults(handler=_run(_cmd_standards_add))
+    imported = actions.add_parser("import", help="import [[standard]] tables from TOML/JSON")
+    imported.add_argument("file")
+    _source(imported)
+    imported.set_defaults(handler=_run(_cmd_standards_import))
+    listed = actions.add_parser("list", help="every standard")
+    _source(listed)
+    listed.set_defaults(handler=_run(_cmd_standards_list))
+
+    chain = commands.add_parser(
+        "chain", help="the traceability chain of an instrument[/channel] up to the root"
+    )
+    chain.add_argument("subject", metavar="INSTRUMENT[/CHANNEL]")
+    chain.add_argument("--value", type=float, default=None, help="check ranges cover it")
+    _source(chain)
+    _warn(chain)
+    chain.set_defaults(handler=_run(_cmd_chain))
