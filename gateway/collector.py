@@ -65,6 +65,7 @@ from gateway.collector_store import (
     wait_seconds,
 )
 from gateway.errors import ConfigError, ConfigProblem, StampError, StoreError
+from gateway.secrets import read_secret
 from gateway.systemd import notify, watchdog_period
 from gateway.tuning import keep_heap, settle
 
@@ -480,7 +481,7 @@ class Collector:
         properties.ReceiveMaximum = settings.receive_maximum
         password = None
         if settings.password_file is not None:
-            password = settings.password_file.read_text(encoding="utf-8").strip()
+            password = read_secret(settings.password_file, "password file")
         context = None
         if tls:
             cafile = str(settings.ca_file) if settings.ca_file else None

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gateway.errors import ConfigError, ConfigProblem
+from gateway.secrets import SecretFileError, check_private_file
 
 _ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 Identifier = Annotated[str, Field(pattern=_ID_PATTERN)]
@@ -356,6 +357,26 @@ def check_references(
         yield from _check_instrument(
             instrument, ("instrument", index), buses, certificates, base_dir
         )
+    yield from check_upstream_secrets(config.upstream)
+
+
+def check_upstream_secrets(upstream: UpstreamSection) -> Iterator[tuple[tuple[Any, ...], str]]:
+    """Yield (location, message) for a missing or exposed password file or TLS client key.
+
+    The paths are checked as the forwarder opens them (relative ones from the working
+    directory). Messages name the file and its mode, never its content.
+    """
+    secrets = (("password_file", "password file"), ("key_file", "TLS client key"))
+    for key, what in secrets:
+        path = getattr(upstream, key)
+        if path is None:
+            continue
+        try:
+            check_private_file(path, what)
+        except SecretFileError as exc:
+            yield ("upstream", key), str(exc)
+    if upstream.key_file is not None and upstream.cert_file is None:
+        yield ("upstream", "key_file"), "given without cert_file (the client certificate)"
 
 
 def _check_instrument(

@@ -1,17 +1,19 @@
 # SPDX-License-Identifier: Apache-2.0
 """The station daemon: wires store, pipeline, forwarder and bus workers, and stops cleanly.
 
-Start: open the store (refuse to run if it cannot be written), load the station's signing
-key (create it at first start; refuse one that group or others may read or write) and record
-its public keys in the store, continue the hash chain from its head, start the forwarder, the
-checkpointer, the pipeline and one worker per bus, tell systemd READY=1 and ping its
-watchdog while the event loop is alive.
+Start: refuse to run when the broker's password file or TLS client key is missing or may be
+read by group or others (before anything is opened or polled), open the store (refuse to run
+if it cannot be written), load the station's signing key (create it at first start; refuse
+one that group or others may read or write) and record its public keys in the store,
+continue the hash chain from its head, start the forwarder, the checkpointer, the pipeline
+and one worker per bus, tell systemd READY=1 and ping its watchdog while the event loop is
+alive.
 
 Stop (SIGTERM, SIGINT or the caller's event): stop polling, commit what was acquired, sign a
 final checkpoint covering the last reading, give the forwarder up to ``flush_timeout``
 seconds to get every committed reading and checkpoint acknowledged (what remains stays in
 the outbox for the next start), publish the offline status, close the store. Exit status 0;
-1 when the key or the store failed (acquisition stopped rather than drop readings).
+1 when a secret file, the key or the store failed (acquisition stopped rather than drop readings).
 
 Checkpoints (`Checkpointer`) sign only committed readings, from the hashes the pipeline
 hands over after each commit, and are stored in their own transaction right after. Signing
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from gateway.checkpoints import Checkpoint, sign_checkpoint
-from gateway.config import StationConfig
+from gateway.config import StationConfig, check_upstream_secrets, format_path
 from gateway.errors import StoreError
 from gateway.forward import Forwarder
 from gateway.instruments import Link, channel_specs, link_opener, make_driver
@@ -197,6 +199,8 @@ class Station:
     async def run(self, stop: asyncio.Event) -> int:
         """Run until `stop` is set or the store fails; return the exit status."""
         config = self.config
+        if not self._secrets_usable():
+            return EXIT_KEY
         opened = await self._open_store()
         if opened is None:
             return EXIT_STORE
@@ -289,6 +293,13 @@ class Station:
             checkpointer.covered_seq,
         )
         return status
+
+    def _secrets_usable(self) -> bool:
+        """Check the broker's secret files as `metrogate check-config` does; log each problem."""
+        problems = list(check_upstream_secrets(self.config.upstream))
+        for where, message in problems:
+            log.error("cannot start: %s: %s", format_path(where), message)
+        return not problems
 
     async def _open_store(self) -> tuple[AsyncStore, _StoreState] | None:
         """Open the store; read where the chain, the outboxes and the checkpoints stand."""

@@ -19,6 +19,11 @@ published again (at-least-once; subscribers de-duplicate by ``signature``).
 The retained ``<prefix>/<station>/status`` topic carries ``{"state": "online", ...}`` with
 instrument health while connected, ``{"state": "offline", ...}`` on a clean stop, and the
 same offline object as the MQTT last will when the station vanishes.
+
+``mqtts://`` verifies the broker against ``ca_file`` (hostname checked) and may present a
+client certificate; the password is read from ``password_file`` at each connection. Both
+secret files are refused when group or others may read them (`gateway.secrets`): the
+forwarder then retries as for a refusing broker, buffering in the store.
 """
 
 import asyncio
@@ -30,7 +35,6 @@ import random
 import ssl
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -38,8 +42,9 @@ import orjson
 
 from gateway.checkpoints import Checkpoint
 from gateway.config import UpstreamSection
-from gateway.errors import StoreError
+from gateway.errors import ForwardError, StoreError
 from gateway.pipeline import rfc3339
+from gateway.secrets import SecretFileError, check_private_file, read_secret
 from gateway.stamp import Stamped, published_payload
 from gateway.store import AsyncStore, Pending
 
@@ -84,22 +89,39 @@ def group_messages(
     return messages
 
 
-def read_secret(path: Path) -> str:
-    """Read a one-line secret (a password) from a file."""
-    return path.read_text(encoding="utf-8").strip()
-
-
 def tls_context(settings: UpstreamSection) -> ssl.SSLContext | None:
-    """Build the TLS context for an ``mqtts://`` broker (CA file, optional client cert)."""
+    """Build the TLS context for an ``mqtts://`` broker (CA file, optional client cert).
+
+    The server's certificate is verified against `ca_file` (the system's CAs when it is
+    not given) and must name the broker's host. The client key is refused when exposed.
+
+    Raises:
+        SecretFileError: the client key is missing or group or others may read it.
+        ForwardError: the CA file or the client certificate or key cannot be loaded.
+    """
     if not settings.tls:
         return None
-    context = ssl.create_default_context(
-        cafile=str(settings.ca_file) if settings.ca_file else None
-    )
-    if settings.cert_file is not None:
-        context.load_cert_chain(
-            str(settings.cert_file), str(settings.key_file) if settings.key_file else None
+    if settings.key_file is not None:
+        check_private_file(settings.key_file, "TLS client key")
+    try:
+        # create_default_context: CERT_REQUIRED and check_hostname on, TLS >= 1.2.
+        context = ssl.create_default_context(
+            cafile=str(settings.ca_file) if settings.ca_file else None
         )
+        if settings.cert_file is not None:
+            context.load_cert_chain(
+                str(settings.cert_file), str(settings.key_file) if settings.key_file else None
+            )
+    # Mapped here, where the files are read: ssl reports a missing or malformed file as an
+    # OSError (SSLError is one), which the forwarder must not take for a broken connection.
+    except OSError as exc:
+        files = ", ".join(
+            str(path)
+            for path in (settings.ca_file, settings.cert_file, settings.key_file)
+            if path is not None
+        )
+        msg = f"cannot load the TLS files ({files or 'system CAs'}): {exc}"
+        raise ForwardError(msg) from exc
     return context
 
 
@@ -186,7 +208,9 @@ class Forwarder:
         while True:
             try:
                 await self._session()
-            except aiomqtt.MqttError as exc:
+            # A refused secret or TLS file is retried like a refusing broker: the readings
+            # stay in the outbox until an operator fixes the file (`chmod 600`).
+            except (aiomqtt.MqttError, ForwardError, SecretFileError) as exc:
                 self.connected = False
                 failures += 1
                 delay = min(

@@ -47,23 +47,64 @@ def find_binary(name: str, *candidates: str) -> str:
     raise RuntimeError(msg)
 
 
+@dataclass(frozen=True)
+class MosquittoTls:
+    """A second, TLS listener: server certificate, client CA and optionally passwords.
+
+    `password_file` is mosquitto's own (made with ``mosquitto_passwd -b``); with it,
+    anonymous clients are refused on this listener.
+    """
+
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+    require_certificate: bool = True
+    password_file: Path | None = None
+
+    def listener(self, port: int) -> str:
+        """The mosquitto.conf lines of the listener (with ``per_listener_settings true``)."""
+        lines = [
+            f"listener {port} 127.0.0.1",
+            f"cafile {self.cafile}",
+            f"certfile {self.certfile}",
+            f"keyfile {self.keyfile}",
+            f"require_certificate {str(self.require_certificate).lower()}",
+        ]
+        if self.password_file is not None:
+            lines += [f"password_file {self.password_file}", "allow_anonymous false"]
+        else:
+            lines.append("allow_anonymous true")
+        return "".join(f"{line}\n" for line in lines)
+
+
 @dataclass
 class Mosquitto:
-    """A mosquitto broker of the test's own."""
+    """A mosquitto broker of the test's own; with `tls`, a TLS listener on `tls_port` too."""
 
     workdir: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    tls: MosquittoTls | None = None
+    tls_port: int = field(default_factory=free_port)
 
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
+    @property
+    def tls_url(self) -> str:
+        return f"mqtts://127.0.0.1:{self.tls_port}"
+
     def start(self) -> None:
         conf = self.workdir / "mosquitto.conf"
+        # Authentication per listener only with TLS: the plain listener stays anonymous.
+        per_listener = "per_listener_settings true\n" if self.tls is not None else ""
+        tls_listener = self.tls.listener(self.tls_port) if self.tls is not None else ""
         conf.write_text(
+            f"{per_listener}"
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
+            f"{tls_listener}"
             # As root, mosquitto would drop to user "mosquitto", which cannot write the
             # persistence file in the test's directory; then sessions die with a restart.
             "user root\n"
@@ -79,6 +120,8 @@ class Mosquitto:
         with (self.workdir / "mosquitto.log").open("ab") as log:
             self.process = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
         wait_for_port(self.port)
+        if self.tls is not None:
+            wait_for_port(self.tls_port)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
