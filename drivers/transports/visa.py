@@ -51,7 +51,14 @@ class _SharedManagers:
         with self._lock:
             manager, users = self._managers.get(library, (None, 0))
             if manager is None:
-                manager = pyvisa.ResourceManager(library)
+                try:
+                    manager = pyvisa.ResourceManager(library)
+                except (ValueError, OSError) as exc:
+                    # A backend that is not installed ("Wrapper not found"), a missing
+                    # pyvisa-sim file or a VISA shared library that does not load: the
+                    # station's set-up, reported like a link that cannot be opened.
+                    msg = f"cannot load the VISA library {library!r}: {exc}"
+                    raise TransportError(msg) from exc
             self._managers[library] = (manager, users + 1)
             return manager
 
