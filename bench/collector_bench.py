@@ -120,7 +120,7 @@ def _messages(readings: int, stations: int, per_message: int) -> list[tuple[str,
                 instrument=f"balance-{i % 4}", channel="mass", quantity="mass",
                 indication=100.0 + (i % 1800) + 0.01 * (i % 7), value=99.9 + (i % 1800),
                 unit="g", u=0.04, expanded_u=0.08, k=2.0, certificate="CAL-BENCH",
-                time="2026-11-27T00:28:49.806211Z", flags=(),
+                chain=("CAL-BENCH",), time="2026-11-27T00:28:49.806211Z", flags=(),
             )
             for i in range(per_station)
         ]  # fmt: skip

@@ -78,8 +78,10 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 _RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)")
 _READING_KEYS = frozenset(
     ("hash", "id", "station", "seq", "instrument", "channel", "quantity", "indication",
-     "value", "unit", "u", "U", "k", "certificate", "time", "flags", "prev_hash")
+     "value", "unit", "u", "U", "k", "certificate", "chain", "time", "flags", "prev_hash")
 )  # fmt: skip
+#: Readings of stations from before the ``chain`` member: still accepted and verified.
+_READING_KEYS_WITHOUT_CHAIN = _READING_KEYS - {"chain"}
 _FLOAT_KEYS = ("U", "indication", "k", "u", "value")
 _MAX_SEQ = 2**63 - 1
 _SUBACK_FAILURE = 0x80  # MQTT 5.0 §3.9.3: reason codes from 0x80 on refuse a subscription
@@ -200,6 +202,9 @@ def _incoming(document: dict[str, Any], claimed: str, body: bytes) -> Incoming:
     )
     if type(reading_id) is not str or not _UUID.fullmatch(reading_id):
         raise _MalformedError("id is not a UUID")
+    chain = document.get("chain", [])
+    if type(chain) is not list or any(type(number) is not str for number in chain):
+        raise _MalformedError("chain is not a list of certificate ids")
     for text in (instrument, channel, quantity, unit, certificate or ""):
         if type(text) is not str or "\x00" in text:  # PostgreSQL text cannot hold NUL
             raise _MalformedError("instrument, channel, quantity, unit or certificate")
@@ -246,7 +251,9 @@ def _check_reading(  # noqa: PLR0911 - one return per check reads best
     if document.get("station") != station:
         return "malformed", f"seq {seq}: station {document.get('station')!r} on {station}'s topic"
     try:
-        body = _canonical_body(document, wire_members=item.keys() == _READING_KEYS)
+        keys = item.keys()
+        wire_members = keys in (_READING_KEYS, _READING_KEYS_WITHOUT_CHAIN)
+        body = _canonical_body(document, wire_members=wire_members)
     except (StampError, TypeError) as exc:
         return "malformed", f"seq {seq}: no canonical JSON ({exc})"
     if hashlib.sha256(bytes.fromhex(prev_hash) + body).hexdigest() != claimed:

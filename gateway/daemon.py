@@ -33,6 +33,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from sqlalchemy.exc import SQLAlchemyError
+
+from calibration import CalibrationError
 from gateway.checkpoints import Checkpoint, sign_checkpoint
 from gateway.config import StationConfig, check_upstream_secrets, format_path
 from gateway.errors import StoreError
@@ -45,7 +48,8 @@ from gateway.keys import (
     ensure_signing_key,
     read_public_keys,
 )
-from gateway.pipeline import Pipeline, rfc3339
+from gateway.pipeline import ChannelChain, Pipeline, rfc3339
+from gateway.register import open_register, resolve_channel_chains
 from gateway.scheduler import BusWorker, InstrumentHealth
 from gateway.stamp import Stamped, Stamper
 from gateway.status import write_status
@@ -241,12 +245,13 @@ class Station:
             on_commit=committed,
         )
         self.pipeline, self.forwarder, self.checkpointer = pipeline, forwarder, checkpointer
+        chains = await self._chains(store)
         forward_task = asyncio.create_task(forwarder.run(), name="forwarder")
         checkpoint_task = asyncio.create_task(checkpointer.run(), name="checkpointer")
         pipeline_task = asyncio.create_task(pipeline.run(), name="pipeline")
         bus_tasks = [
             asyncio.create_task(worker.run(), name=f"bus {worker.bus_id}")
-            for worker in self._workers(pipeline)
+            for worker in self._workers(pipeline, chains)
         ]
         watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
         status_file = asyncio.create_task(self._status_file_loop(), name="status file")
@@ -388,12 +393,45 @@ class Station:
                 ", ".join(sorted(before)),
             )
 
-    def _workers(self, pipeline: Pipeline) -> list[BusWorker]:
+    async def _chains(self, store: AsyncStore) -> dict[str, ChannelChain]:
+        """Resolve each channel's calibration chain from the register, on the store thread.
+
+        Once, at start: readings are then checked against each chain's validity window. A
+        register that cannot be read leaves every chain unchecked (the certificate alone),
+        said in the log; acquisition does not wait for it.
+        """
+        config = self.config
+        now = datetime.now(UTC)
+
+        def resolve() -> dict[str, ChannelChain]:
+            engine = open_register(config.store_url)
+            try:
+                return resolve_channel_chains(engine, config, now)
+            finally:
+                engine.dispose()
+
+        try:
+            chains = await store.call(resolve)
+        except (StoreError, SQLAlchemyError, CalibrationError) as exc:
+            log.warning("cannot read the register (%s): calibration chains are unchecked", exc)
+            return {}
+        for subject, chain in chains.items():
+            links = " → ".join(chain.certificate_ids)
+            if not chain.checked:
+                log.info("channel %s: chain %s (not in the register: unchecked)", subject, links)
+            elif chain.broken:
+                log.warning("channel %s: chain %s BROKEN (%s)", subject, links, chain.problem)
+            else:
+                until = chain.valid_until.isoformat() if chain.valid_until else "open end"
+                log.info("channel %s: chain %s valid until %s", subject, links, until)
+        return chains
+
+    def _workers(self, pipeline: Pipeline, chains: dict[str, ChannelChain]) -> list[BusWorker]:
         config, base_dir = self.config, self.base_dir
         workers = []
         for bus in config.bus:
             members = [
-                (instrument, channel_specs(config, instrument))
+                (instrument, channel_specs(config, instrument, chains))
                 for instrument in config.instrument
                 if instrument.bus == bus.id
             ]

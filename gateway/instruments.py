@@ -5,7 +5,7 @@ This is the one place that knows which driver class serves which ``driver = "…
 which transport serves which bus kind; adding a family means adding a line here.
 """
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import cast
 
@@ -33,7 +33,7 @@ from gateway.config import (
     VisaBus,
 )
 from gateway.config import ModbusTcpBus as ModbusTcpBusConfig
-from gateway.pipeline import ChannelSpec
+from gateway.pipeline import ChannelChain, ChannelSpec
 
 __all__ = [
     "Link",
@@ -161,8 +161,16 @@ def certificate_model(cert: CertificateConfig) -> Certificate:
     )
 
 
-def channel_specs(config: StationConfig, instrument: Instrument) -> dict[str, list[ChannelSpec]]:
-    """Map each source name of `instrument` to the channels fed from it."""
+def channel_specs(
+    config: StationConfig,
+    instrument: Instrument,
+    chains: Mapping[str, ChannelChain] | None = None,
+) -> dict[str, list[ChannelSpec]]:
+    """Map each source name of `instrument` to the channels fed from it.
+
+    `chains` holds the calibration chains resolved from the register, by
+    ``instrument/channel``; a channel missing there has its certificate alone as its chain.
+    """
     models = {cert.id: certificate_model(cert) for cert in config.certificate}
     specs: dict[str, list[ChannelSpec]] = {}
     for channel in instrument.channel:
@@ -175,6 +183,7 @@ def channel_specs(config: StationConfig, instrument: Instrument) -> dict[str, li
             certificate_id=channel.certificate,
             certificate=models.get(channel.certificate) if channel.certificate else None,
             coverage_factor=channel.coverage_factor,
+            chain=(chains or {}).get(f"{instrument.id}/{channel.id}"),
         )
         specs.setdefault(_source(instrument, channel.source), []).append(spec)
     return specs

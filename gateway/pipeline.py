@@ -7,6 +7,10 @@ backpressure, never a silent drop). The pipeline takes what has gathered — up 
 channel by channel with one vectorised call each (`calibration.correct`), stamps it and
 commits it in one transaction. Only after the commit does the chain head move and the
 forwarder hear of it.
+
+A channel's calibration chain (`ChannelChain`) is resolved from the register once, at
+start-up; per reading the pipeline only compares the acquisition time with the window in
+which every link of the chain is valid.
 """
 
 import asyncio
@@ -18,11 +22,75 @@ from typing import NamedTuple
 
 import numpy as np
 
-from calibration import Certificate, correct
+from calibration import Certificate, ChainResult, correct
 from gateway.stamp import Measured, Stamped, Stamper
 from gateway.store import AsyncStore
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelChain:
+    """A channel's chain of certificates up to the national standards, as resolved at start.
+
+    Attributes:
+        certificate_ids: the channel's certificate, then every certificate up the chain,
+            each once, in walk order (`calibration.ChainResult.certificate_ids`).
+        checked: False when the register holds nothing for the channel: the station file's
+            certificate alone is the chain, not flagged (README, "Calibration chain").
+        broken: the register's chain failed a check when it was resolved (route, result,
+            missing standard…): every reading is flagged ``CHAIN_BROKEN``.
+        valid_from: from when every link is valid (the latest issue), or None.
+        valid_until: until when every link is valid (the earliest expiry, or expiry of a
+            public standard's assessment), or None.
+        problem: why the chain is broken (the first failing link), for the log.
+    """
+
+    certificate_ids: tuple[str, ...]
+    checked: bool = False
+    broken: bool = False
+    valid_from: datetime | None = None
+    valid_until: datetime | None = None
+    problem: str = ""
+
+    @classmethod
+    def from_result(cls, certificate_id: str, result: ChainResult | None) -> "ChannelChain":
+        """The chain of a channel whose station file names `certificate_id`.
+
+        `result` is the register's chain for the channel (None, or a first link without a
+        certificate, when the register knows nothing of it).
+        """
+        if result is None or not result.links or result.links[0].certificate is None:
+            return cls(certificate_ids=(certificate_id,))
+        ids = tuple(dict.fromkeys((certificate_id, *result.certificate_ids)))
+        if not result.ok:
+            first = result.failures[0]
+            problem = f"{first.subject}: {'; '.join(first.reasons)}"
+            return cls(certificate_ids=ids, checked=True, broken=True, problem=problem)
+        records = [link.certificate for link in result.links if link.certificate is not None]
+        ends = [record.expires for record in records] + [
+            link.standard.assessment_valid_until
+            for link in result.links
+            if link.standard is not None
+            and link.standard.level == "public"
+            and link.standard.assessment_valid_until is not None
+        ]
+        return cls(
+            certificate_ids=ids,
+            checked=True,
+            valid_from=max(record.issued for record in records),
+            valid_until=min(ends),
+        )
+
+    def broken_at(self, moment: datetime) -> bool:
+        """Whether a reading acquired at `moment` rests on a broken chain."""
+        if not self.checked:
+            return False
+        if self.broken:
+            return True
+        if self.valid_from is not None and moment < self.valid_from:
+            return True
+        return self.valid_until is not None and moment > self.valid_until
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -38,6 +106,8 @@ class ChannelSpec:
         certificate_id: the certificate named in the config, or None.
         certificate: the certificate model, or None.
         coverage_factor: k for the expanded uncertainty.
+        chain: the channel's calibration chain as resolved from the register, or None when
+            not resolved (then the chain is the certificate alone, unchecked).
     """
 
     instrument: str
@@ -48,6 +118,14 @@ class ChannelSpec:
     certificate_id: str | None
     certificate: Certificate | None
     coverage_factor: float = 2.0
+    chain: ChannelChain | None = None
+
+    @property
+    def chain_ids(self) -> tuple[str, ...]:
+        """The ``chain`` member of this channel's readings."""
+        if self.chain is not None:
+            return self.chain.certificate_ids
+        return (self.certificate_id,) if self.certificate_id else ()
 
 
 class Acquired(NamedTuple):
@@ -74,7 +152,8 @@ def measure(batch: Sequence[Acquired]) -> list[Measured]:
     Flags: ``UNSTABLE`` (the instrument said so), ``UNIT_MISMATCH`` (the instrument reported
     another unit than the channel's: not corrected), ``NO_CERTIFICATE``,
     ``CERT_NOT_YET_VALID`` / ``CERT_EXPIRED`` (corrected, but not traceable),
-    ``OUT_OF_CALIBRATED_RANGE`` (never extrapolated: value = indication, no uncertainty).
+    ``OUT_OF_CALIBRATED_RANGE`` (never extrapolated: value = indication, no uncertainty),
+    ``CHAIN_BROKEN`` (the register's chain of the channel is not valid at the reading's time).
     """
     groups: dict[int, list[int]] = {}
     for index, item in enumerate(batch):
@@ -123,12 +202,13 @@ def _correct_group(
     expanded = corrected.expanded_uncertainty.tolist()
     in_range = corrected.in_range.tolist()
     k = float(corrected.coverage_factor)
+    chain_ids = spec.chain_ids
     validity: dict[datetime, tuple[str, ...]] = {}
     for position, i in enumerate(indexes):
         item = batch[i]
         flags = validity.get(item.time)
         if flags is None:
-            flags = validity[item.time] = _validity_flags(item.time, certificate)
+            flags = validity[item.time] = _validity_flags(item.time, certificate, spec.chain)
         if not item.stable or not in_range[position]:
             extra = ("UNSTABLE",) if not item.stable else ()
             if not in_range[position]:
@@ -151,17 +231,24 @@ def _correct_group(
             expanded_u=expanded[position],
             k=k,
             certificate=spec.certificate_id,
+            chain=chain_ids,
             time=times[item.time],
             flags=flags,
         )
 
 
-def _validity_flags(moment: datetime, certificate: Certificate) -> tuple[str, ...]:
+def _validity_flags(
+    moment: datetime, certificate: Certificate, chain: ChannelChain | None
+) -> tuple[str, ...]:
+    """The certificate's and the chain's flags at `moment`, sorted."""
+    flags: tuple[str, ...] = ()
+    if chain is not None and chain.broken_at(moment):
+        flags = ("CHAIN_BROKEN",)
     if moment < certificate.valid_from:
-        return ("CERT_NOT_YET_VALID",)
+        return ("CERT_NOT_YET_VALID", *flags)
     if moment > certificate.valid_until:
-        return ("CERT_EXPIRED",)
-    return ()
+        return ("CERT_EXPIRED", *flags)
+    return flags
 
 
 def _uncorrected(
@@ -182,6 +269,7 @@ def _uncorrected(
         expanded_u=None,
         k=None,
         certificate=certificate or spec.certificate_id,
+        chain=spec.chain_ids,
         time=times[item.time],
         flags=tuple(sorted(all_flags)),
     )

@@ -44,6 +44,7 @@ from gateway.config import (
     CertificateConfig,
     Identifier,
     PointConfig,
+    StationConfig,
     _end_of,
     _Model,
     _start_of,
@@ -51,6 +52,7 @@ from gateway.config import (
 )
 from gateway.errors import ConfigError, GatewayError, StoreError
 from gateway.models import CertificateRow, StandardRow
+from gateway.pipeline import ChannelChain
 from gateway.store import create_store_engine
 
 __all__ = [
@@ -65,6 +67,7 @@ __all__ = [
     "open_register",
     "read_register_file",
     "record_from_dcc",
+    "resolve_channel_chains",
     "save_certificate",
     "save_standard",
 ]
@@ -245,6 +248,27 @@ def load_records(engine: Engine) -> list[CertificateRecord]:
     with Session(engine) as session:
         rows = session.scalars(select(CertificateRow).order_by(CertificateRow.number))
         return [_record(row) for row in rows]
+
+
+def resolve_channel_chains(
+    engine: Engine, config: StationConfig, at: datetime
+) -> dict[str, ChannelChain]:
+    """The calibration chain at `at` of every channel with a certificate, by ``instr/channel``.
+
+    Reads the register once; the pipeline then checks each reading's time against the
+    chain's validity window (`ChannelChain.broken_at`).
+    """
+    records = load_records(engine)
+    standards = load_standards(engine)
+    chains: dict[str, ChannelChain] = {}
+    for instrument in config.instrument:
+        for channel in instrument.channel:
+            if channel.certificate is None:
+                continue
+            subject = f"{instrument.id}/{channel.id}"
+            result = resolve_chain(subject, at, records=records, standards=standards)
+            chains[subject] = ChannelChain.from_result(channel.certificate, result)
+    return chains
 
 
 def _row(engine: Engine, number: str) -> CertificateRow | None:

@@ -58,6 +58,8 @@ class Measured(NamedTuple):
         expanded_u: expanded uncertainty U = k·u, or None.
         k: coverage factor, or None.
         certificate: id of the certificate applied (or that should have applied), or None.
+        chain: ids of every certificate up the calibration chain, `certificate` first, each
+            once; empty when there is no certificate.
         time: acquisition time, RFC 3339 UTC with microseconds (``...T12:00:00.000000Z``).
         flags: quality flags, sorted; empty when all is well.
     """
@@ -72,6 +74,7 @@ class Measured(NamedTuple):
     expanded_u: float | None
     k: float | None
     certificate: str | None
+    chain: tuple[str, ...]
     time: str
     flags: tuple[str, ...]
 
@@ -114,6 +117,7 @@ def reading_document(
         "U": measured.expanded_u,
         "k": measured.k,
         "certificate": measured.certificate,
+        "chain": list(measured.chain),
         "time": measured.time,
         "flags": list(measured.flags),
         "prev_hash": prev_hash,
@@ -133,6 +137,7 @@ def reading_body(
         document = {
             "U": plain_number(measured.expanded_u),
             "certificate": measured.certificate,
+            "chain": list(measured.chain),
             "channel": measured.channel,
             "flags": list(measured.flags),
             "id": reading_id,

@@ -63,6 +63,7 @@ def measured(value: float, *, instrument: str = "balance-1") -> Measured:
         expanded_u=0.08,
         k=2.0,
         certificate="CAL-2026-0117",
+        chain=("CAL-2026-0117",),
         time="2026-06-01T12:00:00.000000Z",
         flags=(),
     )

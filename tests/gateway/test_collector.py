@@ -468,3 +468,24 @@ def test_triage_takes_any_json(objects: list[dict[str, Any]]) -> None:
     assert len(triaged.rejected) == len(objects)  # none of these hashes can verify
     triaged = triage_checkpoints(f"{PREFIX}/{STATION}/checkpoints", payload, keys, PREFIX)
     assert len(triaged.rejected) == len(objects)
+
+
+def test_triage_accepts_the_chain_member_and_readings_from_before_it(keys: TrustedKeys) -> None:
+    topic = f"{PREFIX}/{STATION}/balance-1/readings"
+    [reading] = stamped(1)
+    accepted = triage_readings(
+        topic, published_payload([(reading.hash, reading.body)]), keys, PREFIX
+    )
+    assert [r.seq for r in accepted.readings] == [1]
+    assert orjson.loads(accepted.readings[0].body)["chain"] == ["CAL-2026-0117"]
+    # A station from before `chain`: the same reading without it, hashed as published.
+    document = {k: v for k, v in orjson.loads(reading.body).items() if k != "chain"}
+    old_hash = chain_hash(GENESIS_HASH, canonical_json(document))
+    old = triage_readings(topic, orjson.dumps([{"hash": old_hash, **document}]), keys, PREFIX)
+    assert ([r.seq for r in old.readings], old.rejected) == ([1], [])
+    # A chain that is not a list of ids is malformed, even with a matching hash.
+    document["chain"] = [1, 2]
+    bad_hash = chain_hash(GENESIS_HASH, canonical_json(document))
+    bad = triage_readings(topic, orjson.dumps([{"hash": bad_hash, **document}]), keys, PREFIX)
+    assert bad.readings == []
+    assert [(r.kind, "chain" in r.reason) for r in bad.rejected] == [("malformed", True)]

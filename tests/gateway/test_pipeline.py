@@ -2,15 +2,56 @@
 """raw → corrected → stamped → stored: correction, honest flags, durable commit."""
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from gateway.pipeline import Pipeline, measure
+from calibration import CertificateRecord, Standard, resolve_chain
+from gateway.pipeline import ChannelChain, ChannelSpec, Pipeline, measure
 from gateway.stamp import Stamper, verify_chain
 from gateway.store import AsyncStore
 from tests.gateway.factories import NOW, acquired, balance_certificate, spec
+
+STANDARDS = [
+    Standard(id="NIM-KG", name="national kilogram", level="national-primary"),
+    Standard(id="E2-SET", name="E2 weights", level="enterprise-highest"),
+]
+
+
+def register_records(*, upstream_until: datetime) -> list[CertificateRecord]:
+    """The balance calibrated with the lab's E2 weights, calibrated by the institute."""
+    return [
+        CertificateRecord(
+            number="CAL-2026-0117",
+            kind="calibration",
+            issuer="Provincial Institute",
+            accreditation="CNAS L1234",
+            route="ILAC-MRA accredited lab",
+            issued=datetime(2026, 1, 10, tzinfo=UTC),
+            valid_until=datetime(2027, 1, 9, tzinfo=UTC),
+            subject="balance-1",
+            made_with=("E2-SET",),
+        ),
+        CertificateRecord(
+            number="C-E2",
+            kind="calibration",
+            issuer="Zhejiang Institute of Metrology",
+            accreditation="(国)法计(2020)01001号",
+            route="legal metrology institute",
+            issued=datetime(2026, 1, 1, tzinfo=UTC),
+            valid_until=upstream_until,
+            subject="E2-SET",
+            made_with=("NIM-KG",),
+        ),
+    ]
+
+
+def chained_spec(records: list[CertificateRecord], *, at: datetime = NOW) -> ChannelSpec:
+    result = resolve_chain("balance-1/mass", at, records=records, standards=STANDARDS)
+    chain = ChannelChain.from_result("CAL-2026-0117", result)
+    return replace(spec(balance_certificate()), chain=chain)
 
 
 def test_traceable_reading_is_corrected_with_its_uncertainty() -> None:
@@ -80,6 +121,51 @@ def test_order_is_kept_across_channels() -> None:
     with_cert, without = spec(balance_certificate()), spec(None)
     batch = [acquired(600.0 + i, with_cert if i % 2 else without) for i in range(20)]
     assert [r.indication for r in measure(batch)] == [600.0 + i for i in range(20)]
+
+
+def test_readings_carry_the_chain_resolved_from_the_register() -> None:
+    channel = chained_spec(register_records(upstream_until=datetime(2026, 7, 1, tzinfo=UTC)))
+    [reading] = measure([acquired(750.224, channel)])
+    assert reading.chain == ("CAL-2026-0117", "C-E2")
+    assert reading.flags == ()
+
+
+def test_an_upstream_link_expired_meanwhile_breaks_the_chain() -> None:
+    channel = chained_spec(register_records(upstream_until=datetime(2026, 7, 1, tzinfo=UTC)))
+    later = datetime(2026, 8, 1, tzinfo=UTC)  # C-E2 has expired; the balance's cert has not
+    before, after, unstable = measure(
+        [
+            acquired(750.0, channel),
+            acquired(750.0, channel, time=later),
+            acquired(1200.0, channel, time=later, stable=False),
+        ]
+    )
+    assert before.flags == ()
+    assert after.flags == ("CHAIN_BROKEN",)
+    assert after.u is not None  # still corrected: the flag says it is not traceable
+    assert unstable.flags == ("CHAIN_BROKEN", "OUT_OF_CALIBRATED_RANGE", "UNSTABLE")
+    assert after.chain == unstable.chain == ("CAL-2026-0117", "C-E2")
+
+
+def test_a_chain_failing_at_start_up_flags_every_reading() -> None:
+    records = register_records(upstream_until=datetime(2026, 5, 1, tzinfo=UTC))
+    channel = chained_spec(records)
+    assert channel.chain is not None
+    assert channel.chain.broken
+    assert "E2-SET" in channel.chain.problem
+    [reading] = measure([acquired(750.0, channel)])
+    assert reading.flags == ("CHAIN_BROKEN",)
+
+
+def test_a_register_without_the_channel_leaves_its_certificate_alone_unflagged() -> None:
+    channel = chained_spec([])
+    [reading] = measure([acquired(750.0, channel)])
+    assert reading.chain == ("CAL-2026-0117",)
+    assert reading.flags == ()
+    [plain] = measure([acquired(750.0, spec(balance_certificate()))])
+    assert plain.chain == ("CAL-2026-0117",)
+    [bare] = measure([acquired(750.0, spec(None))])
+    assert bare.chain == ()
 
 
 async def test_pipeline_commits_batches_and_notifies(tmp_path: Path) -> None:

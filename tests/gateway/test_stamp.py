@@ -62,6 +62,7 @@ def test_published_fields() -> None:
         "U",
         "k",
         "certificate",
+        "chain",
         "time",
         "flags",
         "prev_hash",
@@ -165,6 +166,7 @@ readings = st.builds(
     expanded_u=maybe_float,
     k=maybe_float,
     certificate=st.one_of(st.none(), texts),
+    chain=st.lists(texts, max_size=4, unique=True).map(tuple),
     time=texts,
     flags=st.lists(st.sampled_from(sorted(UNTRACEABLE_FLAGS | {"UNSTABLE"})), unique=True).map(
         lambda flags: tuple(sorted(flags))

@@ -26,6 +26,7 @@ from sqlalchemy import create_engine, text
 
 from drivers.sim.mtsics import MtSicsSimulator
 from drivers.sim.sdm630 import Sdm630Simulator
+from gateway.cli import main as cli_main
 from gateway.stamp import verify_chain
 from gateway.store import Store
 from tests.services import Mosquitto
@@ -523,3 +524,60 @@ async def test_status_command_shows_health_while_running_and_after(bench: Bench)
     await stop(process, bench)
     code, out, _err = await metrogate("status", "--config", str(bench.config))
     assert "e2e-station: stopped" in out
+
+
+REGISTER = """\
+[[standard]]
+id = "NIM-KG"
+level = "national-primary"
+
+[[standard]]
+id = "E2-SET"
+level = "enterprise-highest"
+
+[[certificate]]
+id = "CAL-1"
+subject = "balance-1"
+issuer = "Provincial Institute"
+accreditation = "CNAS L1234"
+route = "ILAC-MRA accredited lab"
+made_with = ["E2-SET"]
+valid_from = 2026-01-01
+valid_until = 2099-12-31
+unit = "g"
+range = [500.0, 1500.0]
+
+[[certificate]]
+id = "C-E2"
+subject = "E2-SET"
+issuer = "Zhejiang Institute of Metrology"
+accreditation = "(国)法计(2020)01001号"
+route = "legal metrology institute"
+made_with = ["NIM-KG"]
+valid_from = 2026-01-01
+valid_until = 2099-12-31
+unit = "g"
+range = [1.0, 2000.0]
+"""
+
+
+async def test_readings_carry_the_chain_of_the_imported_register(bench: Bench) -> None:
+    register = bench.tmp / "register.toml"
+    register.write_text(REGISTER, encoding="utf-8")
+    (bench.tmp / "data").mkdir(exist_ok=True)
+    assert cli_main(["certs", "import", str(register), "--config", str(bench.config)]) == 0
+    process = await bench.daemon()
+    await wait_stored(bench, 10)
+    await stop(process, bench)
+    rows, _ = stored(bench)
+    masses = [r for r in rows if r["instrument"] == "balance-1"]
+    volts = [r for r in rows if r["channel"] == "voltage-l1"]
+    assert masses
+    assert volts
+    assert all(r["chain"] == ["CAL-1", "C-E2"] for r in masses)
+    assert all("CHAIN_BROKEN" not in r["flags"] for r in masses)
+    assert all(r["chain"] == [] for r in volts)
+    published = [{k: v for k, v in r.items() if k != "body"} for r in rows]
+    assert list(verify_chain(published)) == []
+    jsonschema.validate(published, SCHEMA)
+    assert "channel balance-1/mass: chain CAL-1 → C-E2 valid until 2099-12-31" in bench.log()
