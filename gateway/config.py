@@ -100,6 +100,12 @@ class UpstreamSection(_Model):
         return urlsplit(self.broker).scheme == "mqtts"
 
 
+class RegisterSection(_Model):
+    """``[register]``: how the station watches its register of certificates."""
+
+    expiry_warning_days: float = Field(default=30.0, ge=0, le=3650)
+
+
 class SigningSection(_Model):
     """``[signing]``: the station key and how often it signs a checkpoint of the chain.
 
@@ -257,6 +263,8 @@ class StationConfig(_Model):
     store: StoreSection = StoreSection()
     upstream: UpstreamSection = UpstreamSection()
     signing: SigningSection = SigningSection()
+    # Named in the file [register]; "register" itself is taken on the class (ABCMeta.register).
+    register_section: RegisterSection = Field(default=RegisterSection(), alias="register")
     bus: list[Bus] = Field(default_factory=list)
     instrument: list[Instrument] = Field(default_factory=list)
     certificate: list[CertificateConfig] = Field(default_factory=list)

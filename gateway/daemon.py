@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from calibration import CalibrationError
+from calibration import CalibrationError, CertificateRecord, expiring
 from gateway.checkpoints import Checkpoint, sign_checkpoint
 from gateway.config import StationConfig, check_upstream_secrets, format_path
 from gateway.errors import StoreError
@@ -49,7 +49,7 @@ from gateway.keys import (
     read_public_keys,
 )
 from gateway.pipeline import ChannelChain, Pipeline, rfc3339
-from gateway.register import open_register, resolve_channel_chains
+from gateway.register import load_records, open_register, resolve_channel_chains
 from gateway.scheduler import BusWorker, InstrumentHealth
 from gateway.stamp import Stamped, Stamper
 from gateway.status import write_status
@@ -169,6 +169,7 @@ class Station:
         self.checkpointer: Checkpointer | None = None
         self.ready = asyncio.Event()
         self._status_unwritable = False
+        self._records: list[CertificateRecord] = []
 
     def health_snapshot(self) -> dict[str, Any]:
         """Instrument health as published on the status topic."""
@@ -187,6 +188,23 @@ class Station:
             "forwarded_seq": forwarder.forwarded_seq if forwarder else None,
             "broker_connected": bool(forwarder and forwarder.connected),
             "instruments": self.health_snapshot(),
+            **self.register_snapshot(),
+        }
+
+    def register_snapshot(self) -> dict[str, Any]:
+        """Register certificates about to expire, soonest first, for the status.
+
+        Those still valid that expire within ``[register] expiry_warning_days``; an expired
+        link shows on the readings themselves (CHAIN_BROKEN).
+        """
+        now = datetime.now(UTC)
+        days = self.config.register_section.expiry_warning_days
+        soon = expiring(self._records, now, days)
+        return {
+            "expiring": [
+                {"certificate": r.number, "subject": r.subject, "expires": rfc3339(r.expires)}
+                for r in soon
+            ]
         }
 
     def _write_status(self, state: str) -> None:
@@ -221,6 +239,7 @@ class Station:
             forwarded_seq=state.forwarded_seq,
             forwarded_checkpoint=state.forwarded_checkpoint,
             health=self.health_snapshot,
+            details=self.register_snapshot,
         )
         checkpointer = Checkpointer(
             store,
@@ -403,15 +422,15 @@ class Station:
         config = self.config
         now = datetime.now(UTC)
 
-        def resolve() -> dict[str, ChannelChain]:
+        def resolve() -> tuple[dict[str, ChannelChain], list[CertificateRecord]]:
             engine = open_register(config.store_url)
             try:
-                return resolve_channel_chains(engine, config, now)
+                return resolve_channel_chains(engine, config, now), load_records(engine)
             finally:
                 engine.dispose()
 
         try:
-            chains = await store.call(resolve)
+            chains, self._records = await store.call(resolve)
         except (StoreError, SQLAlchemyError, CalibrationError) as exc:
             log.warning("cannot read the register (%s): calibration chains are unchecked", exc)
             return {}

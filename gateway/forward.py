@@ -148,12 +148,14 @@ class Forwarder:
         forwarded_seq: int,
         forwarded_checkpoint: int = 0,
         health: Callable[[], dict[str, Any]] = dict,
+        details: Callable[[], dict[str, Any]] = dict,
         window: int = 5000,
     ) -> None:
         self._settings = settings
         self._station = station
         self._store = store
         self._health = health
+        self._details = details
         self._window = window
         self._wake = asyncio.Event()
         self._recent: collections.deque[Pending] = collections.deque()
@@ -297,6 +299,7 @@ class Forwarder:
             "time": rfc3339(datetime.now(UTC)),
             "forwarded_seq": self.forwarded_seq,
             "instruments": self._health(),
+            **self._details(),
         }
         await client.publish(self._status_topic, orjson.dumps(status), qos=1, retain=True)
 

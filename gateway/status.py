@@ -80,4 +80,12 @@ def format_status(status: Mapping[str, Any], *, stale_after: float) -> list[str]
             f"{health.get('good', 0):>8} {health.get('skipped', 0):>8} {errors or '-':<28} "
             f"{health.get('last_good') or '-':<28} {health.get('last_error') or '-'}"
         )
+    soon = list(status.get("expiring", []))
+    if soon:
+        lines.append("")
+        lines.append(f"certificates expiring soon ({len(soon)}):")
+        lines.extend(
+            f"  {item.get('certificate')} ({item.get('subject')}) expires {item.get('expires')}"
+            for item in soon
+        )
     return lines

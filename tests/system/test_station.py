@@ -16,6 +16,7 @@ import struct
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -581,3 +582,21 @@ async def test_readings_carry_the_chain_of_the_imported_register(bench: Bench) -
     assert list(verify_chain(published)) == []
     jsonschema.validate(published, SCHEMA)
     assert "channel balance-1/mass: chain CAL-1 → C-E2 valid until 2099-12-31" in bench.log()
+
+
+async def test_certificates_about_to_expire_show_in_status(bench: Bench) -> None:
+    soon = (datetime.now(UTC) + timedelta(days=10)).date().isoformat()
+    register = bench.tmp / "register.toml"
+    register.write_text(REGISTER.replace("valid_until = 2099-12-31", f"valid_until = {soon}", 1))
+    (bench.tmp / "data").mkdir(exist_ok=True)
+    assert cli_main(["certs", "import", str(register), "--config", str(bench.config)]) == 0
+    process = await bench.daemon()
+    await wait_stored(bench, 5)
+    code, out, _err = await metrogate("status", "--config", str(bench.config), "--json")
+    assert code == 0
+    expiring = orjson.loads(out)["expiring"]
+    assert [(e["certificate"], e["subject"]) for e in expiring] == [("CAL-1", "balance-1")]
+    assert expiring[0]["expires"].startswith(soon)
+    code, out, _err = await metrogate("status", "--config", str(bench.config))
+    assert f"CAL-1 (balance-1) expires {soon}" in out
+    await stop(process, bench)
