@@ -159,6 +159,29 @@ def cmd_readings(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_budget(args: argparse.Namespace) -> int:
+    """Show the GUM uncertainty budget of one stored reading."""
+    from gateway.explain import explain_reading  # noqa: PLC0415
+
+    config = _load(args.config)
+    if isinstance(config, int):
+        return config
+    store = _open_for_reading(args)
+    if isinstance(store, int):
+        return store
+    try:
+        reading = store.reading(args.seq)
+    except StoreError as exc:
+        return _fail(str(exc))
+    finally:
+        store.close()
+    if reading is None:
+        return _fail(f"no reading with seq {args.seq}")
+    budget, text = explain_reading(config, reading)
+    _print(text)
+    return 0 if budget is not None else 1
+
+
 def _row_line(row: dict[str, Any], forwarded: int) -> str:
     expanded = "-" if row["U"] is None else f"{row['U']:.3g}"
     name = f"{row['instrument']}/{row['channel']}"
@@ -493,6 +516,12 @@ def _add_other_parsers(commands: "argparse._SubParsersAction[argparse.ArgumentPa
 
     add_register_parsers(commands)
     add_calibrate_parser(commands)
+    budget = commands.add_parser(
+        "budget", help="the uncertainty budget of a stored reading (named contributions)"
+    )
+    budget.add_argument("--config", required=True, help="station file")
+    budget.add_argument("seq", type=int, help="the reading's station sequence number")
+    budget.set_defaults(handler=cmd_budget)
     add_collect_parser(commands)
 
 

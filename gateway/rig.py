@@ -111,6 +111,9 @@ class ReferenceSection(_Dmm):
     """``[reference]``: the reference DMM and its certificate (points, or a fixed U)."""
 
     certificate_id: str = Field(min_length=1)
+    # The reference's id in the station's register of standards: with [certificate] subject,
+    # the new certificate is also written as a register file whose made_with links to it.
+    standard: str | None = None
     abscissa: Literal["indication", "reference"] = "indication"
     convention: Literal["correction", "error"] = "correction"
     points: list[ReferencePoint] = Field(default_factory=list)
@@ -168,6 +171,13 @@ class CertificateSection(_Model):
     customer: str = ""
     responsible_person: str = ""
     country_code: str = "CN"
+    # What the certificate is for in the station's register: an instrument or standard id
+    # (``instrument/channel`` for one channel). With [reference] standard, a register file
+    # ``<id>.register.toml`` is written too; `metrogate certs import` joins it to the chain.
+    subject: str | None = None
+    route: Literal[
+        "NMI-CIPM-MRA", "ILAC-MRA accredited lab", "legal metrology institute", "in-house"
+    ] = "in-house"
 
 
 class Procedure(_Model):
@@ -379,6 +389,44 @@ def certificate_toml(
     return "\n".join(lines) + "\n"
 
 
+def register_toml(cert: Certificate, procedure: Procedure) -> str:
+    """Return `cert` as a register file entry linked to the reference standard (made_with).
+
+    Imported with ``metrogate certs import``, the new certificate joins the chain: the device
+    under test's later readings carry it and the reference's certificates above it.
+    """
+    meta, reference = procedure.certificate, procedure.reference
+    lines = [
+        (
+            f"# Register entry for certificate {cert.certificate_id}, written by metrogate "
+            f"{__version__} (procedure {procedure.name!r})."
+        ),
+        "[[certificate]]",
+        f"id = {json.dumps(cert.certificate_id)}",
+        f"kind = {json.dumps(cert.kind)}",
+        f"issuer = {json.dumps(cert.issuer)}",
+        f"accreditation = {json.dumps(meta.accreditation)}",
+        f"route = {json.dumps(meta.route)}",
+        f"subject = {json.dumps(meta.subject)}",
+        f"made_with = [{json.dumps(reference.standard)}]",
+        f"procedure = {json.dumps(procedure.name)}",
+        f"valid_from = {cert.valid_from.date().isoformat()}",
+        f"valid_until = {cert.valid_until.date().isoformat()}",
+        f"unit = {json.dumps(cert.unit)}",
+        f"range = [{cert.calibrated_range[0]!r}, {cert.calibrated_range[1]!r}]",
+        'abscissa = "indication"',
+        'convention = "error"',
+        "points = [",
+        *(
+            f"  {{ x = {p.indication!r}, c = {p.error!r}, U = {p.expanded_uncertainty!r}, "
+            f"k = {p.coverage_factor!r} }},"
+            for p in cert.points
+        ),
+        "]",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 async def calibrate(
     procedure: Procedure,
     *,
@@ -473,6 +521,13 @@ def cmd_calibrate(
         encoding="utf-8",
     )
     progress(f"certificate written to {toml_path}")
+    if meta.subject is not None and procedure.reference.standard is not None:
+        register_path = out_dir / f"{meta.id}.register.toml"
+        register_path.write_text(register_toml(cert, procedure), encoding="utf-8")
+        progress(
+            f"register entry written to {register_path} (made with "
+            f"{procedure.reference.standard}): metrogate certs import {register_path}"
+        )
     if args.dcc:
         dcc_path = out_dir / f"{meta.id}.dcc.xml"
         dcc_path.write_bytes(_dcc(cert, procedure))

@@ -235,6 +235,15 @@ class Store:
         with self._guard("count readings"), self._engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(_READINGS)).scalar() or 0)
 
+    def reading(self, seq: int) -> dict[str, Any] | None:
+        """Return the stored reading `seq` (as `readings` does), or None."""
+        query = select(_READINGS.c.hash, _READINGS.c.body).where(_READINGS.c.seq == seq)
+        with self._guard(f"read seq {seq}"), self._engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        return {"hash": str(row[0]), **orjson.loads(row[1]), "body": bytes(row[1])}
+
     def readings(
         self, *, instrument: str | None = None, limit: int | None = None, ascending: bool = False
     ) -> list[dict[str, Any]]:

@@ -31,6 +31,7 @@ from drivers.sim.visa import (
     sim_library,
 )
 from drivers.transports.visa import VisaLink, open_visa
+from gateway.cli import main as cli_main
 from gateway.config import CertificateConfig
 from gateway.rig import Procedure, Prompter, load_procedure, main, run_procedure
 
@@ -250,3 +251,41 @@ def test_a_bad_procedure_is_reported(tmp_path: Path, capsys: pytest.CaptureFixtu
     path = _write(tmp_path, 'name = "x"\nunit = "V"\nrepetitions = 1\n')
     assert main(["calibrate", "--procedure", str(path)]) == 1
     assert "repetitions" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("readings")
+async def test_the_new_certificate_joins_the_chain(library: str, tmp_path: Path) -> None:
+    """With [certificate] subject and [reference] standard, `certs import` links it upward."""
+    text = (
+        _procedure_text(library)
+        .replace(
+            'certificate_id = "CAL-REF-1"', 'certificate_id = "CAL-REF-1"\nstandard = "REF-DMM"'
+        )
+        .replace(
+            '[certificate]\nid = "CAL-DUT-1"', '[certificate]\nid = "CAL-DUT-1"\nsubject = "dmm-7"'
+        )
+    )
+    procedure = _write(tmp_path, text)
+    out = io.StringIO()
+    argv = ["calibrate", "--procedure", str(procedure), "--out", str(tmp_path / "out"), "--yes"]
+    assert await asyncio.to_thread(main, argv, stdin=io.StringIO(""), stdout=out) == 0
+    entry = tmp_path / "out" / "CAL-DUT-1.register.toml"
+    (table,) = tomllib.loads(entry.read_text(encoding="utf-8"))["certificate"]
+    assert (table["subject"], table["made_with"], table["route"]) == (
+        "dmm-7", ["REF-DMM"], "in-house"
+    )  # fmt: skip
+    # The reference standard and its own certificate (from an accredited lab) are registered;
+    # importing the rig's entry makes the chain dmm-7 -> CAL-DUT-1 -> REF-DMM -> CAL-REF-1.
+    upstream = tmp_path / "upstream.toml"
+    upstream.write_text(
+        '[[standard]]\nid = "NIM-V"\nlevel = "national-primary"\n\n'
+        '[[standard]]\nid = "REF-DMM"\nlevel = "working"\n\n'
+        '[[certificate]]\nid = "CAL-REF-1"\nsubject = "REF-DMM"\nissuer = "NIM"\n'
+        'route = "NMI-CIPM-MRA"\nvalid_from = 2026-01-01\nvalid_until = 2099-12-31\n'
+        'unit = "V"\n',
+        encoding="utf-8",
+    )
+    db = f"sqlite:///{tmp_path / 'register.db'}"
+    assert cli_main(["certs", "import", str(upstream), "--db", db]) == 0
+    assert cli_main(["certs", "import", str(entry), "--db", db]) == 0
+    assert cli_main(["chain", "dmm-7", "--db", db]) == 0

@@ -600,3 +600,22 @@ async def test_certificates_about_to_expire_show_in_status(bench: Bench) -> None
     code, out, _err = await metrogate("status", "--config", str(bench.config))
     assert f"CAL-1 (balance-1) expires {soon}" in out
     await stop(process, bench)
+
+
+async def test_budget_of_a_stored_reading(bench: Bench) -> None:
+    process = await bench.daemon()
+    await wait_stored(bench, 8)
+    await stop(process, bench)
+    rows, _ = stored(bench)
+    mass = next(r for r in rows if r["instrument"] == "balance-1" and r["U"] is not None)
+    volts = next(r for r in rows if r["channel"] == "voltage-l1")
+    code, out, _err = await metrogate("budget", "--config", str(bench.config), str(mass["seq"]))
+    assert code == 0, out
+    assert f"seq {mass['seq']}: balance-1/mass" in out
+    assert re.search(r"certificate CAL-1 .*normal", out)
+    assert re.search(r"resolution .*rectangular", out)
+    assert f"expanded uncertainty U = {mass['U']:.3g} g" in out
+    assert "no longer reproduces" not in out
+    code, out, _err = await metrogate("budget", "--config", str(bench.config), str(volts["seq"]))
+    assert code == 1
+    assert "no budget: the channel names no certificate" in out

@@ -1,0 +1,69 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The uncertainty budget of a stored reading, recomputed from the station file.
+
+A reading carries u, U and k; an auditor asks where they come from. This rebuilds the GUM
+budget of one reading (certificate, interpolation, resolution, each named with its share of
+u_c²) from its indication and its channel's certificate as the station file states them now,
+and says so when that no longer reproduces the stored value (the file changed since).
+"""
+
+from typing import Any
+
+import numpy as np
+
+from calibration import Budget, correct_piecewise, format_budget
+from gateway.config import StationConfig
+from gateway.instruments import certificate_model
+
+__all__ = ["explain_reading"]
+
+_NOT_CORRECTED = {
+    "NO_CERTIFICATE": "the channel names no certificate: the reading is not corrected",
+    "OUT_OF_CALIBRATED_RANGE": "the indication lies outside the calibrated range: not corrected",
+    "UNIT_MISMATCH": "the instrument reported another unit than the channel's: not corrected",
+}
+
+
+def explain_reading(config: StationConfig, reading: dict[str, Any]) -> tuple[Budget | None, str]:
+    """Return the reading's budget (or None) and a text for people.
+
+    Args:
+        config: the station file.
+        reading: a stored reading object as published (see `Store.reading`).
+    """
+    head = (
+        f"seq {reading['seq']}: {reading['instrument']}/{reading['channel']} "
+        f"{reading['quantity']}, indication {reading['indication']} {reading['unit']}, "
+        f"value {reading['value']} {reading['unit']}, flags {reading['flags'] or 'none'}"
+    )
+    for flag, why in _NOT_CORRECTED.items():
+        if flag in reading["flags"]:
+            return None, f"{head}\nno budget: {why}"
+    instrument = next((i for i in config.instrument if i.id == reading["instrument"]), None)
+    channel = (
+        next((c for c in instrument.channel if c.id == reading["channel"]), None)
+        if (instrument is not None)
+        else None
+    )
+    if channel is None or channel.certificate is None:
+        return (
+            None,
+            f"{head}\nno budget: the station file no longer has this channel's certificate",
+        )
+    certificate = certificate_model(config.certificate_by_id(channel.certificate))
+    result = correct_piecewise(
+        np.float64(reading["indication"]),
+        certificate,
+        channel.resolution,
+        coverage_factor=channel.coverage_factor,
+    )
+    budget = result.budget()
+    text = f"{head}\n{format_budget(budget)}"
+    if not np.isclose(
+        budget.value, reading["value"], rtol=0, atol=1e-12 * max(1.0, abs(reading["value"]))
+    ):
+        text += (
+            "\nnote: the station file's certificate no longer reproduces the stored value "
+            f"({budget.value!r} != {reading['value']!r}); it was changed since"
+        )
+    return budget, text
