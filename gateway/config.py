@@ -434,6 +434,17 @@ def _check_instrument(
         named = certificates.get(channel.certificate)
         if named is None:
             yield (*at, "certificate"), f'no certificate "{channel.certificate}" in this file'
+        elif named.kind == "verification":
+            # calibration.verification has the model (no correction, u = MPE/sqrt(3)); the
+            # station file has no way yet to state a channel's accuracy class.
+            yield (
+                (*at, "certificate"),
+                (
+                    f"{named.id} is a verification certificate; channels are corrected with "
+                    "calibration certificates only (verification-mode channels are not "
+                    "supported in the station file yet)"
+                ),
+            )
         elif named.unit != channel.unit:
             yield (
                 (*at, "unit"),

@@ -177,3 +177,21 @@ def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
     assert main(["check-config", str(tmp_path / "absent.toml")]) == 1
     assert "cannot read file" in capsys.readouterr().err
+
+
+def test_a_verification_certificate_cannot_correct_a_channel() -> None:
+    text = (
+        MINIMAL.replace("resolution = 0.01", 'resolution = 0.01\ncertificate = "V1"')
+        + """
+[[certificate]]
+id = "V1"
+kind = "verification"
+valid_from = 2026-01-01
+valid_until = 2027-01-01
+unit = "g"
+points = [{ x = 1.0, c = 0.0, U = 0.1 }]
+"""
+    )
+    found = problems_of(text)
+    assert len(found) == 1
+    assert "instrument[0].channel[0].certificate: V1 is a verification certificate" in found[0]
