@@ -14,22 +14,17 @@ It found that pyserial's flush on a vanished port raises `termios.error` (EIO), 
 """
 
 import asyncio
-import logging
-import re
-import struct
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from drivers.sim.mtsics import MtSicsSimulator
 from drivers.sim.sdm630 import Sdm630Simulator
-from drivers.transports.modbus import ModbusTcpBus as ModbusTcpLink
 from drivers.transports.serial import SerialStream
-from gateway.config import Instrument, ModbusTcpBus, SerialBus, StationConfig
-from gateway.instruments import Link, channel_specs, link_opener, make_driver
-from gateway.pipeline import Acquired
-from gateway.scheduler import DOWN_AFTER, BusWorker, InstrumentHealth
+from gateway.config import Instrument, ModbusTcpBus, SerialBus
+from gateway.scheduler import DOWN_AFTER
+from tests.gateway.buses import Bench, Sink, closed, float32
 
 BALANCE_INTERVAL = 0.05
 BALANCE_TIMEOUT = 0.3
@@ -42,8 +37,6 @@ METER_TIMEOUT = 0.2
 OUTAGE = 1.2
 SETTLE = 3.0  # s for a state reached in well under a second
 RECOVERY = 8.0  # s: the first open after the replug is at most 4 s of backoff away
-STOP = 2.0
-STATION = StationConfig.model_validate({"station": {"id": "vanish"}})
 BY_ID = "usb-FTDI_FT232R_USB_UART_A50285BI-if00-port0"
 
 
@@ -89,117 +82,15 @@ def meter_config(port: int) -> tuple[ModbusTcpBus, Instrument]:
     return bus, instrument
 
 
-class Sink:
-    """Stands where the pipeline stands: keeps every `Acquired` submitted."""
-
-    def __init__(self) -> None:
-        self.items: list[Acquired] = []
-
-    async def submit(self, items: Sequence[Acquired]) -> None:
-        self.items.extend(items)
-
-
-class Workers:
-    """Runs bus workers as the daemon does, keeping every link each one opened."""
-
-    def __init__(self) -> None:
-        self.health: dict[str, InstrumentHealth] = {}
-        self.links: dict[str, list[Link]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-
-    def start(self, bus: SerialBus | ModbusTcpBus, instrument: Instrument, sink: Sink) -> None:
-        opener = link_opener(bus)
-        opened = self.links.setdefault(bus.id, [])
-
-        async def open_link() -> Link:
-            link = await opener()
-            opened.append(link)
-            return link
-
-        worker = BusWorker(
-            bus.id,
-            [(instrument, channel_specs(STATION, instrument))],
-            open_link=open_link,
-            make_driver=lambda config, link: make_driver(config, link, Path()),
-            submit=sink.submit,
-            health=self.health,
-        )
-        self._tasks.append(asyncio.create_task(worker.run(), name=f"bus {bus.id}"))
-
-    def check_running(self) -> None:
-        """Fail if a worker ended: a worker never returns, so whatever ended it is a bug."""
-        for task in self._tasks:
-            if task.done():
-                if not task.cancelled() and (exc := task.exception()) is not None:
-                    raise exc  # as it is, so that the failure names the escaped exception
-                pytest.fail(f"{task.get_name()} ended: {task}")
-
-    async def until(self, condition: Callable[[], bool], what: str, *, timeout: float) -> None:
-        """Wait for `condition`; fail naming `what` after `timeout` s or if a worker ended."""
-        try:
-            async with asyncio.timeout(timeout):
-                while not condition():
-                    self.check_running()
-                    await asyncio.sleep(0.005)
-        except TimeoutError:
-            health = {key: value.snapshot() for key, value in self.health.items()}
-            pytest.fail(f"not within {timeout} s: {what}; health: {health}")
-        self.check_running()
-
-    async def cancel(self) -> list[asyncio.Task[None]]:
-        """Cancel every worker and wait (bounded) until each has ended; return them."""
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            # A worker needs at most one reply timeout to close its link.
-            _done, pending = await asyncio.wait(tasks, timeout=STOP)
-            assert not pending, f"workers ignored their cancellation: {pending}"
-        return tasks
-
-    async def stop(self) -> None:
-        """Cancel every worker; each must end at once, having closed every link it opened."""
-        for task in await self.cancel():
-            assert task.cancelled(), f"{task.get_name()} crashed: {task}"
-        assert [link for links in self.links.values() for link in links if not _closed(link)] == []
-
-
-def _float32(value: float) -> float:
-    """What an SDM630 float32 register holds for `value`."""
-    (rounded,) = struct.unpack(">f", struct.pack(">f", value))
-    return float(rounded)
-
-
-def _closed(link: Link) -> bool:
-    assert isinstance(link, SerialStream | ModbusTcpLink)
-    return link.closed
-
-
 @pytest.fixture
-def transitions(caplog: pytest.LogCaptureFixture) -> Callable[[str], list[str]]:
-    """The state changes the scheduler logged for an instrument, in order."""
-    caplog.set_level(logging.INFO, logger="gateway.scheduler")
-
-    def logged(instrument: str) -> list[str]:
-        pattern = re.compile(rf"instrument {re.escape(instrument)} (degraded|down|recovered)\b")
-        return [
-            match.group(1)
-            for record in caplog.records
-            if record.name == "gateway.scheduler" and (match := pattern.match(record.getMessage()))
-        ]
-
-    return logged
-
-
-@pytest.fixture
-async def workers() -> AsyncIterator[Workers]:
-    workers = Workers()
+async def workers() -> AsyncIterator[Bench]:
+    workers = Bench()
     yield workers
-    await workers.cancel()  # a no-op when the test stopped them itself
+    await workers.stop()  # a no-op when the test stopped them itself
 
 
 async def test_unplugged_adapter_is_reopened_when_plugged_back_and_other_bus_keeps_polling(
-    tmp_path: Path, workers: Workers, transitions: Callable[[str], list[str]]
+    tmp_path: Path, workers: Bench, transitions: Callable[[str], list[str]]
 ) -> None:
     by_id = tmp_path / BY_ID
     loop = asyncio.get_running_loop()
@@ -229,8 +120,8 @@ async def test_unplugged_adapter_is_reopened_when_plugged_back_and_other_bus_kee
         assert balance.last_error.startswith("transport: ")
         assert str(by_id) in balance.last_error
         assert balance.consecutive_failures >= DOWN_AFTER
-        [broken] = workers.links["usb-balance"]
-        assert _closed(broken)
+        [broken] = workers.links_by_bus["usb-balance"]
+        assert closed(broken)
 
         await asyncio.sleep(max(0.0, unplugged_at + OUTAGE - loop.time()))
         elapsed = loop.time() - unplugged_at
@@ -239,7 +130,7 @@ async def test_unplugged_adapter_is_reopened_when_plugged_back_and_other_bus_kee
         assert not meter.errors
         # No open succeeded while the adapter was out, and none was hammered: opens are
         # 0.5, 1, 2 s apart, so at most the failed poll and four opens failed.
-        assert workers.links["usb-balance"] == [broken]
+        assert workers.links_by_bus["usb-balance"] == [broken]
         assert balance.errors.total() <= 1 + 4
         assert len(first.served) == served_before
 
@@ -256,8 +147,8 @@ async def test_unplugged_adapter_is_reopened_when_plugged_back_and_other_bus_kee
                 timeout=RECOVERY,
             )
             # Reopened by the worker itself, once: a second link on the same path.
-            reopened = workers.links["usb-balance"]
-            assert [_closed(link) for link in reopened] == [True, False]
+            reopened = workers.links_by_bus["usb-balance"]
+            assert [closed(link) for link in reopened] == [True, False]
             assert isinstance(reopened[1], SerialStream)
             assert reopened[1].name == str(by_id)
             await workers.stop()
@@ -273,4 +164,4 @@ async def test_unplugged_adapter_is_reopened_when_plugged_back_and_other_bus_kee
     assert transitions("balance") == ["degraded", "down", "recovered"]
     assert transitions("meter") == []
     assert not meter.errors
-    assert {item.indication for item in meter_sink.items} == {_float32(49.95)}
+    assert {item.indication for item in meter_sink.items} == {float32(49.95)}

@@ -8,9 +8,6 @@ is a bounded condition; counts that depend on timing are checked against wide ma
 """
 
 import asyncio
-import logging
-import re
-import struct
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,11 +20,11 @@ from drivers.sim.mtsics import MtSicsSimulator
 from drivers.sim.sdm630 import Fault as MeterFault
 from drivers.sim.sdm630 import Sdm630Simulator
 from drivers.transports.modbus import ModbusTcpBus as ModbusTcpLink
-from drivers.transports.serial import SerialStream, open_serial
-from gateway.config import Instrument, ModbusTcpBus, SerialBus, StationConfig
-from gateway.instruments import Link, channel_specs, link_opener, make_driver
-from gateway.pipeline import Acquired, rfc3339
-from gateway.scheduler import DOWN_AFTER, BusWorker, InstrumentHealth
+from drivers.transports.serial import open_serial
+from gateway.config import Instrument, ModbusTcpBus, SerialBus
+from gateway.pipeline import rfc3339
+from gateway.scheduler import DOWN_AFTER
+from tests.gateway.buses import STOP, Bench, Sink, closed, float32
 
 # Loopback and a pty answer within a millisecond; these leave room for a loaded CI machine
 # while keeping the timeout cases short.
@@ -38,19 +35,10 @@ METER_INTERVAL = 0.1
 # recover after a fault whose exponential backoff has grown for about 1.5 s.
 SETTLE = 3.0
 RECOVERY = 6.0
-STOP = 2.0
-# Only the certificates of a station matter to `channel_specs`: none here.
-STATION = StationConfig.model_validate({"station": {"id": "bench"}})
 METER_CHANNELS: tuple[dict[str, Any], ...] = (
     {"id": "u1", "source": "voltage_l1", "quantity": "voltage", "unit": "V", "resolution": 0.1},
     {"id": "f", "source": "frequency", "quantity": "frequency", "unit": "Hz", "resolution": 0.01},
 )
-
-
-def _float32(value: float) -> float:
-    """What an SDM630 float32 register holds for `value`."""
-    (rounded,) = struct.unpack(">f", struct.pack(">f", value))
-    return float(rounded)
 
 
 def balance_config(
@@ -90,134 +78,11 @@ def meter_config(
     return bus, instrument
 
 
-class Sink:
-    """Stands where the pipeline stands: keeps each poll's `Acquired` batch and its time.
-
-    Setting `hold` to an event makes the next submit wait for it, as a full pipeline queue
-    would (backpressure); `holding` is set while it waits.
-    """
-
-    def __init__(self) -> None:
-        self.batches: list[list[Acquired]] = []
-        self.times: list[float] = []
-        self.hold: asyncio.Event | None = None
-        self.holding = asyncio.Event()
-
-    @property
-    def items(self) -> list[Acquired]:
-        return [item for batch in self.batches for item in batch]
-
-    async def submit(self, items: Sequence[Acquired]) -> None:
-        self.batches.append(list(items))
-        self.times.append(asyncio.get_running_loop().time())
-        if self.hold is not None:
-            hold, self.hold = self.hold, None
-            self.holding.set()
-            await hold.wait()
-
-
-class Bench:
-    """Runs bus workers as the daemon does, sharing one health dict, and stops them.
-
-    It also keeps every link the workers opened (through the real `link_opener`), so that
-    `stop` can check each was closed.
-    """
-
-    def __init__(self) -> None:
-        self.health: dict[str, InstrumentHealth] = {}
-        self.tasks: dict[str, asyncio.Task[None]] = {}
-        self.links: list[Link] = []
-
-    def start(self, bus: SerialBus | ModbusTcpBus, instrument: Instrument, sink: Sink) -> None:
-        opener = link_opener(bus)
-
-        async def open_link() -> Link:
-            link = await opener()
-            self.links.append(link)
-            return link
-
-        worker = BusWorker(
-            bus.id,
-            [(instrument, channel_specs(STATION, instrument))],
-            open_link=open_link,
-            make_driver=lambda config, link: make_driver(config, link, Path()),
-            submit=sink.submit,
-            health=self.health,
-        )
-        self.tasks[bus.id] = asyncio.create_task(worker.run(), name=f"bus {bus.id}")
-
-    @property
-    def running(self) -> bool:
-        """True while every worker started is still running (none crashed or returned)."""
-        return all(not task.done() for task in self.tasks.values())
-
-    async def until(self, condition: Callable[[], bool], what: str, *, timeout: float) -> None:
-        """Wait for `condition`; fail naming `what` after `timeout` s or if a worker died."""
-        try:
-            async with asyncio.timeout(timeout):
-                while not condition():
-                    self._check_running()
-                    await asyncio.sleep(0.005)
-        except TimeoutError:
-            health = {key: value.snapshot() for key, value in self.health.items()}
-            pytest.fail(f"not within {timeout} s: {what}; health: {health}")
-
-    async def stop(self) -> None:
-        """Cancel every worker; each must end at once, having closed every link it opened."""
-        tasks = list(self.tasks.values())
-        self.tasks.clear()
-        if not tasks:
-            return
-        for task in tasks:
-            task.cancel()
-        # A worker needs at most one reply timeout to close its link.
-        _done, pending = await asyncio.wait(tasks, timeout=STOP)
-        for _ in range(20):  # a worker that ignored its cancellation: insist, then fail
-            if not pending:
-                break
-            for task in pending:
-                task.cancel()
-            _done, pending = await asyncio.wait(pending, timeout=0.1)
-        for task in tasks:
-            if not task.cancelled():
-                pytest.fail(f"{task.get_name()} did not stop when cancelled, or crashed: {task}")
-        assert [link for link in self.links if not _closed(link)] == []
-
-    def _check_running(self) -> None:
-        for task in self.tasks.values():
-            if task.done():
-                # A worker never returns: whatever ended it is a bug that must fail loudly.
-                raise AssertionError(f"{task.get_name()} ended") from (
-                    None if task.cancelled() else task.exception()
-                )
-
-
-def _closed(link: Link) -> bool:
-    assert isinstance(link, SerialStream | ModbusTcpLink)
-    return link.closed
-
-
 @pytest.fixture
 async def bench() -> AsyncIterator[Bench]:
     bench = Bench()
     yield bench
     await bench.stop()  # a no-op when the test stopped its workers itself
-
-
-@pytest.fixture
-def transitions(caplog: pytest.LogCaptureFixture) -> Callable[[str], list[str]]:
-    """The state changes the scheduler logged for an instrument, in order."""
-    caplog.set_level(logging.INFO, logger="gateway.scheduler")
-
-    def logged(instrument: str) -> list[str]:
-        pattern = re.compile(rf"instrument {re.escape(instrument)} (degraded|down|recovered)\b")
-        return [
-            match.group(1)
-            for record in caplog.records
-            if record.name == "gateway.scheduler" and (match := pattern.match(record.getMessage()))
-        ]
-
-    return logged
 
 
 async def test_healthy_balance_delivers_what_was_served_in_order(bench: Bench) -> None:
@@ -267,9 +132,9 @@ async def test_healthy_meter_delivers_one_reading_per_channel_per_poll(bench: Be
         await bench.stop()
 
     expected = {
-        "u1": (_float32(231.5), "V"),
-        "f": (_float32(49.98), "Hz"),
-        "u1-check": (_float32(231.5), "V"),
+        "u1": (float32(231.5), "V"),
+        "f": (float32(49.98), "Hz"),
+        "u1-check": (float32(231.5), "V"),
     }
     for batch in sink.batches:
         assert len(batch) == len(channels)
@@ -369,7 +234,7 @@ async def test_meter_fault_is_classified_and_recovered(
         await bench.until(
             lambda: (
                 meter.state == "ok"
-                and any(item.indication == _float32(228.25) for item in sink.items)
+                and any(item.indication == float32(228.25) for item in sink.items)
             ),
             "recovery with the new voltage",
             timeout=RECOVERY,
@@ -399,7 +264,7 @@ async def test_meter_link_that_vanishes_is_reopened(
     assert meter.errors.total() == DOWN_AFTER
     assert bench.running
     [broken] = bench.links
-    assert _closed(broken)
+    assert closed(broken)
     # Reopening waits out the link backoff instead of hammering the port (free: the next
     # open is due 1 s after going down anyway).
     await asyncio.sleep(0.3)
@@ -408,7 +273,7 @@ async def test_meter_link_that_vanishes_is_reopened(
     async with Sdm630Simulator(port=port) as second:
         second.set("voltage_l1", 225.5)
         await bench.until(
-            lambda: any(item.indication == _float32(225.5) for item in sink.items),
+            lambda: any(item.indication == float32(225.5) for item in sink.items),
             "readings from the restarted meter",
             timeout=RECOVERY,
         )
