@@ -16,9 +16,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import aiomqtt
 import orjson
 import pytest
 
@@ -26,6 +24,7 @@ from drivers.sim.mtsics import MtSicsSimulator
 from gateway.keys import parse_public_keys
 from tests.gateway.test_checkpoints import readme_verify_checkpoint
 from tests.services import Mosquitto
+from tests.subscriber import Collected, subscribed
 
 STATION = "sig-station"
 CONFIG = """\
@@ -67,60 +66,6 @@ quantity = "mass"
 unit = "g"
 resolution = 0.01
 """
-
-
-@dataclass
-class Upstream:
-    """What a subscriber received, in arrival order."""
-
-    payloads: list[bytes] = field(default_factory=list)
-    readings: dict[int, dict[str, Any]] = field(default_factory=dict)
-    checkpoints: list[dict[str, Any]] = field(default_factory=list)
-    # For each checkpoint, the highest seq up to which every reading had arrived before it.
-    received_before: list[int] = field(default_factory=list)
-
-    def contiguous(self) -> int:
-        seq = 0
-        while seq + 1 in self.readings:
-            seq += 1
-        return seq
-
-
-@contextlib.asynccontextmanager
-async def subscribed(port: int) -> AsyncIterator[Upstream]:
-    upstream = Upstream()
-    ready = asyncio.Event()
-
-    async def listen() -> None:
-        while True:
-            try:
-                async with aiomqtt.Client(
-                    "127.0.0.1", port, identifier="sig-collector", clean_session=False
-                ) as client:
-                    await client.subscribe(f"metrogate/v1/{STATION}/#", qos=1)
-                    ready.set()
-                    async for message in client.messages:
-                        payload = bytes(message.payload)
-                        topic = str(message.topic)
-                        if topic.endswith("/readings"):
-                            upstream.payloads.append(payload)
-                            upstream.readings.update((r["seq"], r) for r in orjson.loads(payload))
-                        elif topic.endswith("/checkpoints"):
-                            upstream.payloads.append(payload)
-                            upstream.checkpoints.append(orjson.loads(payload))
-                            upstream.received_before.append(upstream.contiguous())
-            except aiomqtt.MqttError:
-                await asyncio.sleep(0.1)
-
-    task = asyncio.create_task(listen())
-    async with asyncio.timeout(10):
-        await ready.wait()
-    try:
-        yield upstream
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 @dataclass
@@ -192,7 +137,7 @@ async def bench(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[Bench]:
                     await process.wait()
 
 
-async def wait_for_checkpoint(upstream: Upstream, seq: int) -> None:
+async def wait_for_checkpoint(upstream: Collected, seq: int) -> None:
     async with asyncio.timeout(20):
         while not any(c["seq"] == seq for c in upstream.checkpoints):
             await asyncio.sleep(0.05)
@@ -205,7 +150,9 @@ def last_seq(bench: Bench) -> int:
 
 async def test_checkpoints_arrive_verify_and_tampering_is_named(bench: Bench) -> None:
     verify_checkpoint = readme_verify_checkpoint()
-    async with subscribed(bench.broker.port) as upstream:
+    async with subscribed(
+        bench.broker.port, f"metrogate/v1/{STATION}/#", identifier="sig-collector"
+    ) as upstream:
         process = await bench.start()
         await bench.wait_stored(35)
         await bench.stop(process)
@@ -232,7 +179,7 @@ async def test_checkpoints_arrive_verify_and_tampering_is_named(bench: Bench) ->
     for checkpoint, received in zip(upstream.checkpoints, upstream.received_before, strict=True):
         assert set(checkpoint) == {"station", "seq", "hash", "time", "key", "signature"}
         assert checkpoint["station"] == STATION
-        verify_checkpoint(checkpoint, public_keys, upstream.readings)
+        verify_checkpoint(checkpoint, public_keys, upstream.by_seq())
         assert received >= checkpoint["seq"]  # published after the readings it covers
 
     code, out, err = await metrogate("verify", "--config", str(bench.config))
@@ -257,7 +204,9 @@ async def test_checkpoints_arrive_verify_and_tampering_is_named(bench: Bench) ->
 
 
 async def test_restart_and_rotation_keep_everything_verifiable(bench: Bench) -> None:
-    async with subscribed(bench.broker.port) as upstream:
+    async with subscribed(
+        bench.broker.port, f"metrogate/v1/{STATION}/#", identifier="sig-collector"
+    ) as upstream:
         process = await bench.start()
         await bench.wait_stored(15)
         await bench.stop(process)
@@ -278,7 +227,7 @@ async def test_restart_and_rotation_keep_everything_verifiable(bench: Bench) -> 
     verify_checkpoint = readme_verify_checkpoint()
     used = set()
     for checkpoint in upstream.checkpoints:
-        verify_checkpoint(checkpoint, public_keys, upstream.readings)
+        verify_checkpoint(checkpoint, public_keys, upstream.by_seq())
         used.add(checkpoint["key"])
     assert len(used) == 2
     code, out, err = await metrogate("verify", "--config", str(bench.config), "--json")
