@@ -79,14 +79,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         stop = asyncio.Event()
-        install_signal_handlers(
-            stop,
-            lambda: log.warning(
-                "SIGHUP: configuration reload is not supported yet; "
-                "restart the service to apply changes"
-            ),
-        )
-        return await Station(config, base_dir=Path(args.config).parent).run(stop)
+        path = Path(args.config)
+        station = Station(config, base_dir=path.parent, config_path=path)
+        install_signal_handlers(stop, station.request_reload)
+        return await station.run(stop)
 
     return asyncio.run(main())
 

@@ -37,8 +37,16 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from calibration import CalibrationError, CertificateRecord, expiring
 from gateway.checkpoints import Checkpoint, sign_checkpoint
-from gateway.config import StationConfig, check_upstream_secrets, format_path
-from gateway.errors import StoreError
+from gateway.clock import StationClock
+from gateway.config import (
+    AnyBus,
+    Instrument,
+    StationConfig,
+    check_upstream_secrets,
+    format_path,
+    load_config,
+)
+from gateway.errors import ConfigError, StoreError
 from gateway.forward import Forwarder
 from gateway.instruments import Link, channel_specs, link_opener, make_driver
 from gateway.keys import (
@@ -48,7 +56,7 @@ from gateway.keys import (
     ensure_signing_key,
     read_public_keys,
 )
-from gateway.pipeline import ChannelChain, Pipeline, rfc3339
+from gateway.pipeline import ChannelChain, ChannelSpec, Pipeline, rfc3339
 from gateway.register import load_records, open_register, resolve_channel_chains
 from gateway.scheduler import BusWorker, InstrumentHealth
 from gateway.stamp import Stamped, Stamper
@@ -72,6 +80,25 @@ class _StoreState(NamedTuple):
     forwarded_seq: int
     covered_seq: int
     forwarded_checkpoint: int
+    last_time: datetime | None
+
+
+#: Sections a reload does not apply (the store, the broker and the key are open).
+_RESTART_SECTIONS = ("station", "store", "upstream", "signing")
+
+
+class _BusPlan(NamedTuple):
+    """What one bus should run after a (re)load."""
+
+    bus: AnyBus
+    members: list[tuple[Instrument, dict[str, list[ChannelSpec]]]]
+    signature: str
+
+
+class _RunningBus(NamedTuple):
+    worker: BusWorker
+    task: "asyncio.Task[None]"
+    signature: str
 
 
 class Checkpointer:
@@ -160,9 +187,16 @@ class Checkpointer:
 class Station:
     """One running station; `run` until `stop` is set."""
 
-    def __init__(self, config: StationConfig, *, base_dir: Path = Path()) -> None:
+    def __init__(
+        self,
+        config: StationConfig,
+        *,
+        base_dir: Path = Path(),
+        config_path: Path | None = None,
+    ) -> None:
         self.config = config
         self.base_dir = base_dir
+        self.config_path = config_path
         self.health: dict[str, InstrumentHealth] = {}
         self.pipeline: Pipeline | None = None
         self.forwarder: Forwarder | None = None
@@ -170,6 +204,13 @@ class Station:
         self.ready = asyncio.Event()
         self._status_unwritable = False
         self._records: list[CertificateRecord] = []
+        self.clock = StationClock()
+        self.reloads = 0
+        self._buses: dict[str, _RunningBus] = {}
+        self._reload_requested = asyncio.Event()
+        self._bus_failed = asyncio.Event()
+        self._store: AsyncStore | None = None
+        self._failed_buses: list[asyncio.Task[None]] = []
 
     def health_snapshot(self) -> dict[str, Any]:
         """Instrument health as published on the status topic."""
@@ -188,6 +229,17 @@ class Station:
             "forwarded_seq": forwarder.forwarded_seq if forwarder else None,
             "broker_connected": bool(forwarder and forwarder.connected),
             "instruments": self.health_snapshot(),
+            **self.details(),
+        }
+
+    def details(self) -> dict[str, Any]:
+        """What the status file and the status topic add to health: alarm, acquisition, expiry."""
+        pipeline = self.pipeline
+        alarm = pipeline.alarm if pipeline else None
+        return {
+            "acquisition": "paused" if alarm else "running",
+            "alarm": alarm,
+            "clock": self.clock.snapshot(),
             **self.register_snapshot(),
         }
 
@@ -231,7 +283,214 @@ class Station:
         if key is None:
             await store.aclose()
             return EXIT_KEY
+        forwarder, checkpointer, pipeline = self._assemble(store, state, key)
+        self.pipeline, self.forwarder, self.checkpointer = pipeline, forwarder, checkpointer
+        self._store = store
+        await self._apply(self._plan(self.config, await self._chains(store)))
+        forward_task = asyncio.create_task(forwarder.run(), name="forwarder")
+        checkpoint_task = asyncio.create_task(checkpointer.run(), name="checkpointer")
+        pipeline_task = asyncio.create_task(pipeline.run(), name="pipeline")
+        services = [
+            asyncio.create_task(self._watchdog(), name="watchdog"),
+            asyncio.create_task(self._status_file_loop(), name="status file"),
+            asyncio.create_task(self._reload_loop(), name="reload"),
+        ]
+        waits = [
+            asyncio.create_task(stop.wait(), name="stop"),
+            asyncio.create_task(self._bus_failed.wait(), name="bus failed"),
+        ]
+        settle()
+        notify("READY=1\nSTATUS=polling")
+        self.ready.set()
+        log.info(
+            "station %s running: %d buses, %d instruments",
+            config.station.id,
+            len(self._buses),
+            len(config.instrument),
+        )
+        status = EXIT_OK
+        try:
+            await asyncio.wait(
+                [*waits, pipeline_task, forward_task, checkpoint_task],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            notify("STOPPING=1")
+            await _cancel(services[2], *waits)  # no reload while stopping
+            bus_tasks = [running.task for running in self._buses.values()]
+            await self._stop_buses(list(self._buses))
+            status = await self._finish_pipeline(pipeline, pipeline_task)
+            await _cancel(checkpoint_task)
+            if status == EXIT_OK:
+                await checkpointer.checkpoint()  # the final one: it covers the last reading
+                if not forward_task.done():
+                    await self._flush(forwarder, pipeline.last_seq, checkpointer.last_id)
+            await _cancel(forward_task, *services)
+            await store.aclose()
+            self._write_status("stopped")
+        for task in (*bus_tasks, *self._failed_buses, forward_task, checkpoint_task, *services):
+            failure = None if task.cancelled() or not task.done() else task.exception()
+            if failure is not None:  # a bug, not a fault of the field: fail loudly
+                log.critical("%s failed", task.get_name(), exc_info=failure)
+                raise failure
+        log.info(
+            "station %s stopped: %d readings committed this run, forwarded up to seq %d; "
+            "%d checkpoints signed, the last at seq %d",
+            config.station.id,
+            pipeline.committed,
+            forwarder.forwarded_seq,
+            checkpointer.signed,
+            checkpointer.covered_seq,
+        )
+        return status
+
+    # -- buses and reload ------------------------------------------------------------------
+
+    def request_reload(self) -> None:
+        """Reload the station file soon (the SIGHUP handler)."""
+        self._reload_requested.set()
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await self._reload_requested.wait()
+            self._reload_requested.clear()
+            await self.reload()
+
+    async def reload(self) -> bool:
+        """Read the station file again and apply what changed in buses and instruments.
+
+        A bus whose settings, instruments, channels, certificates or chains changed is
+        stopped after its poll in progress (whose readings are committed as usual) and
+        started again with the new settings; removed buses stop, new ones start; every other
+        bus keeps polling undisturbed. The pipeline, the seq and the hash chain go on: a
+        reload neither loses nor repeats a reading. Changes to [station], [store],
+        [upstream] and [signing] take effect at the next restart (said in the log). A file
+        with problems changes nothing: each problem is logged with its file, line and key.
+        Returns whether the new configuration was applied.
+        """
+        path, store = self.config_path, self._store
+        if path is None or store is None:
+            log.warning("SIGHUP: no station file to reload (started without one)")
+            return False
+        try:
+            new = load_config(path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error(  # noqa: TRY400 - the problem is the diagnosis, not a traceback
+                    "reload refused, still running the previous configuration: %s", problem
+                )
+            return False
+        old = self.config
+        fixed = [name for name in _RESTART_SECTIONS if getattr(new, name) != getattr(old, name)]
+        if fixed:
+            log.warning(
+                "reload: [%s] changed; that takes effect at the next restart",
+                "], [".join(fixed),
+            )
+        self.config = old.model_copy(
+            update={
+                "bus": new.bus,
+                "instrument": new.instrument,
+                "certificate": new.certificate,
+                "register_section": new.register_section,
+            }
+        )
+        changes = await self._apply(self._plan(self.config, await self._chains(store)))
+        self.reloads += 1
+        log.info("reload %d applied: %s", self.reloads, changes)
+        return True
+
+    def _plan(self, config: StationConfig, chains: dict[str, ChannelChain]) -> dict[str, _BusPlan]:
+        """What each bus should run: its workers' members and a signature to compare."""
+        plans: dict[str, _BusPlan] = {}
+        certificates = {cert.id: cert for cert in config.certificate}
+        for bus in config.bus:
+            instruments = [i for i in config.instrument if i.bus == bus.id]
+            if not instruments:
+                continue
+            members = [(i, channel_specs(config, i, chains)) for i in instruments]
+            used = [
+                (
+                    channel.certificate,
+                    certificates.get(channel.certificate or ""),
+                    chains.get(f"{i.id}/{channel.id}"),
+                )
+                for i in instruments
+                for channel in i.channel
+            ]
+            signature = repr((bus, instruments, used))
+            plans[bus.id] = _BusPlan(bus, members, signature)
+        return plans
+
+    async def _apply(self, plans: dict[str, _BusPlan]) -> str:
+        """Start, stop and restart bus workers so that they match `plans`; describe it."""
+        running = self._buses
+        removed = [bus for bus in running if bus not in plans]
+        changed = [
+            bus
+            for bus in running
+            if bus in plans and running[bus].signature != plans[bus].signature
+        ]
+        added = [bus for bus in plans if bus not in running]
+        await self._stop_buses([*removed, *changed])
+        kept = {i.id for plan in plans.values() for i, _specs in plan.members}
+        for name in [name for name in self.health if name not in kept]:
+            del self.health[name]
+        for bus in [*changed, *added]:
+            self._start_bus(plans[bus])
+        unchanged = len(plans) - len(changed) - len(added)
+        return (
+            f"buses added {added or '-'}, removed {removed or '-'}, restarted {changed or '-'}, "
+            f"{unchanged} unchanged"
+        )
+
+    def _start_bus(self, plan: _BusPlan) -> None:
+        pipeline, base_dir = self.pipeline, self.base_dir
+        assert pipeline is not None  # noqa: S101 - buses start after the pipeline
+
+        def driver_for(instrument: Any, link: Link) -> Any:  # noqa: ANN401
+            return make_driver(instrument, link, base_dir)
+
+        worker = BusWorker(
+            plan.bus.id,
+            plan.members,
+            open_link=link_opener(plan.bus),
+            make_driver=driver_for,
+            submit=pipeline.submit,
+            health=self.health,
+            clock=self.clock.now,
+        )
+        task = asyncio.create_task(worker.run(), name=f"bus {plan.bus.id}")
+        task.add_done_callback(self._bus_done)
+        self._buses[plan.bus.id] = _RunningBus(worker, task, plan.signature)
+
+    def _bus_done(self, task: asyncio.Task[None]) -> None:
+        """A bus task ended by itself: only a bug does that; stop the station (re-raised)."""
+        if not task.cancelled() and task.exception() is not None:
+            self._failed_buses.append(task)
+            self._bus_failed.set()
+
+    async def _stop_buses(self, buses: Sequence[str], within: float = 15.0) -> None:
+        """Stop `buses` after their polls in progress; cancel what is still busy `within`."""
+        stopping = [self._buses.pop(bus) for bus in buses]
+        for running in stopping:
+            running.worker.stop()
+        tasks = [running.task for running in stopping]
+        if tasks:
+            _done, stuck = await asyncio.wait(tasks, timeout=within)
+            for task in stuck:
+                log.warning(
+                    "%s did not stop within %.0f s; cancelling it", task.get_name(), within
+                )
+            await _cancel(*stuck)
+
+    def _assemble(
+        self, store: AsyncStore, state: _StoreState, key: SigningKey
+    ) -> tuple[Forwarder, Checkpointer, Pipeline]:
+        """The forwarder, checkpointer and pipeline, continuing from where the store stands."""
+        config = self.config
         last_seq, last_hash = state.last_seq, state.last_hash
+        self.clock = StationClock(state.last_time)
         forwarder = Forwarder(
             config.upstream,
             config.station.id,
@@ -239,7 +498,7 @@ class Station:
             forwarded_seq=state.forwarded_seq,
             forwarded_checkpoint=state.forwarded_checkpoint,
             health=self.health_snapshot,
-            details=self.register_snapshot,
+            details=self.details,
         )
         checkpointer = Checkpointer(
             store,
@@ -263,60 +522,7 @@ class Station:
             batch_latency=config.store.batch_latency,
             on_commit=committed,
         )
-        self.pipeline, self.forwarder, self.checkpointer = pipeline, forwarder, checkpointer
-        chains = await self._chains(store)
-        forward_task = asyncio.create_task(forwarder.run(), name="forwarder")
-        checkpoint_task = asyncio.create_task(checkpointer.run(), name="checkpointer")
-        pipeline_task = asyncio.create_task(pipeline.run(), name="pipeline")
-        bus_tasks = [
-            asyncio.create_task(worker.run(), name=f"bus {worker.bus_id}")
-            for worker in self._workers(pipeline, chains)
-        ]
-        watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
-        status_file = asyncio.create_task(self._status_file_loop(), name="status file")
-        stop_task = asyncio.create_task(stop.wait(), name="stop")
-        settle()
-        notify("READY=1\nSTATUS=polling")
-        self.ready.set()
-        log.info(
-            "station %s running: %d buses, %d instruments",
-            config.station.id,
-            len(bus_tasks),
-            len(config.instrument),
-        )
-        status = EXIT_OK
-        try:
-            await asyncio.wait(
-                [stop_task, pipeline_task, forward_task, checkpoint_task, *bus_tasks],
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            notify("STOPPING=1")
-            await _cancel(*bus_tasks, stop_task)
-            status = await self._finish_pipeline(pipeline, pipeline_task)
-            await _cancel(checkpoint_task)
-            if status == EXIT_OK:
-                await checkpointer.checkpoint()  # the final one: it covers the last reading
-                if not forward_task.done():
-                    await self._flush(forwarder, pipeline.last_seq, checkpointer.last_id)
-            await _cancel(forward_task, watchdog, status_file)
-            await store.aclose()
-            self._write_status("stopped")
-        for task in (*bus_tasks, forward_task, checkpoint_task, watchdog, status_file):
-            failure = None if task.cancelled() or not task.done() else task.exception()
-            if failure is not None:  # a bug, not a fault of the field: fail loudly
-                log.critical("%s failed", task.get_name(), exc_info=failure)
-                raise failure
-        log.info(
-            "station %s stopped: %d readings committed this run, forwarded up to seq %d; "
-            "%d checkpoints signed, the last at seq %d",
-            config.station.id,
-            pipeline.committed,
-            forwarder.forwarded_seq,
-            checkpointer.signed,
-            checkpointer.covered_seq,
-        )
-        return status
+        return forwarder, checkpointer, pipeline
 
     def _secrets_usable(self) -> bool:
         """Check the broker's secret files as `metrogate check-config` does; log each problem."""
@@ -335,7 +541,9 @@ class Station:
             return None
         try:
             last_seq, last_hash = await store.call(store.store.head)
+            head = await store.call(store.store.reading, last_seq) if last_seq else None
             state = _StoreState(
+                last_time=_parse_time(head.get("time")) if head else None,
                 last_seq=last_seq,
                 last_hash=last_hash,
                 forwarded_seq=await store.call(store.store.forwarded_seq),
@@ -445,33 +653,6 @@ class Station:
                 log.info("channel %s: chain %s valid until %s", subject, links, until)
         return chains
 
-    def _workers(self, pipeline: Pipeline, chains: dict[str, ChannelChain]) -> list[BusWorker]:
-        config, base_dir = self.config, self.base_dir
-        workers = []
-        for bus in config.bus:
-            members = [
-                (instrument, channel_specs(config, instrument, chains))
-                for instrument in config.instrument
-                if instrument.bus == bus.id
-            ]
-            if not members:
-                continue
-
-            def driver_for(instrument: Any, link: Link) -> Any:  # noqa: ANN401
-                return make_driver(instrument, link, base_dir)
-
-            workers.append(
-                BusWorker(
-                    bus.id,
-                    members,
-                    open_link=link_opener(bus),
-                    make_driver=driver_for,
-                    submit=pipeline.submit,
-                    health=self.health,
-                )
-            )
-        return workers
-
     @staticmethod
     async def _finish_pipeline(pipeline: Pipeline, task: asyncio.Task[None]) -> int:
         """Commit what was acquired; return EXIT_STORE if the store failed."""
@@ -498,6 +679,16 @@ class Station:
         while True:
             notify("WATCHDOG=1")
             await asyncio.sleep(period)
+
+
+def _parse_time(text: object) -> datetime | None:
+    """A stored reading's RFC 3339 time, or None if it is not one."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.strptime(f"{text}+0000", "%Y-%m-%dT%H:%M:%S.%fZ%z")
+    except ValueError:
+        return None
 
 
 async def _cancel(*tasks: asyncio.Task[Any], within: float = 10.0) -> None:

@@ -17,12 +17,13 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 import numpy as np
 
 from calibration import Certificate, ChainResult, correct
+from gateway.errors import StoreError
 from gateway.stamp import Measured, Stamped, Stamper
 from gateway.store import AsyncStore
 
@@ -139,6 +140,7 @@ class Acquired(NamedTuple):
     unit: str
     stable: bool
     time: datetime
+    clock_back: bool = False
 
 
 def rfc3339(moment: datetime) -> str:
@@ -275,8 +277,29 @@ def _uncorrected(
     )
 
 
+def _flag_clock(batch: Sequence[Acquired], measured: list[Measured]) -> list[Measured]:
+    """Add ``CLOCK_STEPPED_BACK`` to the readings acquired while the clock was behind."""
+    for index, item in enumerate(batch):
+        if item.clock_back:
+            flags = measured[index].flags
+            measured[index] = measured[index]._replace(
+                flags=tuple(sorted({*flags, "CLOCK_STEPPED_BACK"}))
+            )
+    return measured
+
+
 class Pipeline:
-    """Owns the acquisition queue and the path from it into the store."""
+    """Owns the acquisition queue and the path from it into the store.
+
+    A commit the store refuses (a full disk, a database server gone) pauses acquisition
+    instead of stopping the station: the stamped batch is kept and offered again every
+    ``retry_min``..``retry_max`` seconds (doubling), ``alarm`` says why, and the bus workers
+    wait on the full queue (their polls are skipped and counted). Nothing acquired is
+    dropped and nothing committed is touched. When the store takes the batch again,
+    acquisition resumes by itself. Only a stop while paused gives up, after
+    ``give_up_after`` seconds, with a `StoreError` naming how many readings were not
+    committed.
+    """
 
     def __init__(
         self,
@@ -286,14 +309,23 @@ class Pipeline:
         batch_max: int = 5000,
         batch_latency: float = 0.05,
         on_commit: Callable[[Sequence[Stamped]], None] = lambda _stamped: None,
+        retry_min: float = 0.5,
+        retry_max: float = 10.0,
+        give_up_after: float = 10.0,
     ) -> None:
         self._store = store
         self._stamper = stamper
         self._batch_max = batch_max
         self._batch_latency = batch_latency
         self._on_commit = on_commit
+        self._retry = (retry_min, retry_max)
+        self._give_up_after = give_up_after
         self._queue: asyncio.Queue[Acquired | None] = asyncio.Queue(maxsize=4 * batch_max)
+        self._closing: float | None = None  # loop time of `close`
         self.committed = 0
+        self.alarm: str | None = None
+        self.paused_since: datetime | None = None
+        self.pauses = 0
 
     @property
     def last_seq(self) -> int:
@@ -315,12 +347,20 @@ class Pipeline:
                 queue.put_nowait(item)
 
     async def close(self) -> None:
-        """Ask `run` to commit what is queued and return (acquisition has stopped)."""
-        await self._queue.put(None)
+        """Ask `run` to commit what is queued and return (acquisition has stopped).
+
+        Never waits for room in the queue: a full queue (a paused store) is drained by `run`,
+        which then sees that the pipeline is closing.
+        """
+        self._closing = asyncio.get_running_loop().time()
+        if not self._queue.full():
+            self._queue.put_nowait(None)
 
     async def run(self) -> None:
         """Commit batches until `close`; a `StoreError` propagates (acquisition stops)."""
         while True:
+            if self._closing is not None and self._queue.empty():
+                break
             first = await self._queue.get()
             if first is None:
                 break
@@ -364,13 +404,71 @@ class Pipeline:
         return False
 
     async def commit(self, batch: Sequence[Acquired]) -> list[Stamped]:
-        """Correct, stamp and durably store `batch`; return what was committed."""
+        """Correct, stamp and durably store `batch`; return what was committed.
+
+        Waits (paused) while the store refuses the batch; see the class docstring.
+        """
         if not batch:
             return []
-        stamped = self._stamper.stamp(measure(batch))
-        await self._store.call(self._store.store.append, stamped)
+        stamped = self._stamper.stamp(_flag_clock(batch, measure(batch)))
+        if stamped:
+            await self._append(stamped)
         self._stamper.advance(stamped)
         self.committed += len(stamped)
         if stamped:
             self._on_commit(stamped)
         return stamped
+
+    async def _append(self, stamped: Sequence[Stamped]) -> None:
+        """Store `stamped`, offering it again while the store refuses it."""
+        loop = asyncio.get_running_loop()
+        delay = self._retry[0]
+        while True:
+            try:
+                await self._store.call(self._store.store.append, stamped)
+            except StoreError as exc:
+                if await self._landed(stamped):
+                    break
+                if self._closing is not None and (
+                    loop.time() - self._closing >= self._give_up_after
+                ):
+                    lost = len(stamped) + self._queue.qsize()
+                    msg = f"{exc}; stopping with {lost} acquired readings not committed"
+                    raise StoreError(msg) from exc
+                self._pause(str(exc))
+                await asyncio.sleep(delay if self._closing is None else min(delay, 1.0))
+                delay = min(delay * 2, self._retry[1])
+            else:
+                break
+        self._resume()
+
+    async def _landed(self, stamped: Sequence[Stamped]) -> bool:
+        """Whether a commit reported as failed did land (a connection lost during COMMIT)."""
+        try:
+            head = await self._store.call(self._store.store.head)
+        except StoreError:
+            return False
+        return head == (stamped[-1].seq, stamped[-1].hash)
+
+    def _pause(self, reason: str) -> None:
+        if self.alarm is None:
+            self.pauses += 1
+            self.paused_since = datetime.now(UTC)
+            log.error(
+                "ALARM: acquisition paused: %s; every committed reading is safe and the "
+                "%d readings acquired since are held in memory; retrying until the store "
+                "takes them (free space in the data directory)",
+                reason,
+                self._queue.qsize(),
+            )
+        self.alarm = f"acquisition paused: {reason}"
+
+    def _resume(self) -> None:
+        if self.alarm is None:
+            return
+        since = self.paused_since
+        paused_for = (datetime.now(UTC) - since).total_seconds() if since else 0.0
+        log.warning(
+            "acquisition resumed: the store takes readings again after %.1f s paused", paused_for
+        )
+        self.alarm, self.paused_since = None, None

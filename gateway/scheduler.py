@@ -11,12 +11,13 @@ each, not every failed poll.
 """
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 from drivers.errors import (
@@ -27,6 +28,7 @@ from drivers.errors import (
     TransportTimeoutError,
 )
 from drivers.reading import Instrument as Driver
+from gateway.clock import StationClock
 from gateway.config import Instrument
 from gateway.instruments import Link
 from gateway.pipeline import Acquired, ChannelSpec, rfc3339
@@ -113,8 +115,10 @@ class BusWorker:
         make_driver: Callable[[Instrument, Link], Driver],
         submit: Callable[[Sequence[Acquired]], Awaitable[None]],
         health: dict[str, InstrumentHealth],
+        clock: Callable[[], tuple[datetime, bool]] | None = None,
     ) -> None:
         self.bus_id = bus_id
+        self._clock = clock or StationClock().now
         self._open_link = open_link
         self._make_driver = make_driver
         self._submit = submit
@@ -124,14 +128,24 @@ class BusWorker:
             self._slots.append(_Slot(config, specs, health[config.id]))
         self._link: Link | None = None
         self._link_failures = 0
+        self._stopping = asyncio.Event()
+
+    @property
+    def instruments(self) -> list[str]:
+        """The ids of the instruments this worker polls."""
+        return [slot.config.id for slot in self._slots]
+
+    def stop(self) -> None:
+        """Ask `run` to return after the poll in progress (its readings are submitted)."""
+        self._stopping.set()
 
     async def run(self) -> None:
-        """Poll until cancelled; always closes the link on the way out."""
+        """Poll until `stop` (or cancelled); always closes the link on the way out."""
         loop = asyncio.get_running_loop()
         for slot in self._slots:
             slot.due = loop.time()
         try:
-            while True:
+            while not self._stopping.is_set():
                 # Also after a poll that succeeded: on 3.11, wait_for returns the reply when it
                 # arrived just before the cancellation (CPython gh-86296), swallowing it.
                 _honour_cancellation()
@@ -140,10 +154,17 @@ class BusWorker:
                 slot = min(self._slots, key=lambda s: s.due)
                 delay = slot.due - loop.time()
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    await self._idle(delay)
+                    continue
                 await self._poll(slot, loop)
         finally:
             await self._close_link()
+
+    async def _idle(self, seconds: float) -> None:
+        """Wait `seconds`, or less if `stop` is called meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
 
     async def _connect(self) -> bool:
         try:
@@ -154,7 +175,7 @@ class BusWorker:
             for slot in self._slots:
                 self._failed(slot, exc)
             delay = min(MAX_BACKOFF, 0.5 * 2 ** min(self._link_failures - 1, 8))
-            await asyncio.sleep(delay)
+            await self._idle(delay)
             return False
         self._link = link
         self._link_failures = 0
@@ -198,10 +219,15 @@ class BusWorker:
             )
             self._reschedule(slot, loop, max(backoff, slot.config.poll_interval))
             return
-        moment = datetime.now(UTC)
+        moment, clock_back = self._clock()
         acquired = [
             Acquired(
-                spec=spec, indication=raw.indication, unit=raw.unit, stable=raw.stable, time=moment
+                spec=spec,
+                indication=raw.indication,
+                unit=raw.unit,
+                stable=raw.stable,
+                time=moment,
+                clock_back=clock_back,
             )
             for raw in raws
             for spec in slot.specs.get(raw.source, ())

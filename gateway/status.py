@@ -7,6 +7,7 @@ same health the retained MQTT status topic carries, plus the store's counters.
 """
 
 import contextlib
+import errno
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -21,17 +22,36 @@ STATUS_FILE = "status.json"
 
 
 def write_status(data_dir: Path, status: Mapping[str, Any]) -> bool:
-    """Atomically replace the status file; False (logged once by the caller) on failure."""
+    """Atomically replace the status file; False (logged once by the caller) on failure.
+
+    On a full disk (the alarm the status must carry) the new status is written over the old
+    file in place instead, within the blocks the file already holds: a reader may then, for
+    a moment, see a torn file (`read_status` returns None for it), never a stale alarm.
+    """
     path = data_dir / STATUS_FILE
     temporary = path.with_suffix(".json.tmp")
+    data = orjson.dumps(status, option=orjson.OPT_INDENT_2)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        temporary.write_bytes(orjson.dumps(status, option=orjson.OPT_INDENT_2))
+        temporary.write_bytes(data)
         temporary.replace(path)
     except OSError as exc:
-        log.debug("cannot write %s: %s", path, exc)
         with contextlib.suppress(OSError):
             temporary.unlink()
+        if exc.errno == errno.ENOSPC and _overwrite(path, data):
+            return True
+        log.debug("cannot write %s: %s", path, exc)
+        return False
+    return True
+
+
+def _overwrite(path: Path, data: bytes) -> bool:
+    """Write `data` over the existing file `path` without allocating; False if it cannot."""
+    try:
+        with path.open("r+b") as file:
+            file.write(data)
+            file.truncate()
+    except OSError:
         return False
     return True
 
@@ -67,6 +87,16 @@ def format_status(status: Mapping[str, Any], *, stale_after: float) -> list[str]
             f"{status.get('forwarded_seq')}, backlog {status.get('backlog')}; broker "
             f"{'connected' if status.get('broker_connected') else 'not connected'}"
         ),
+    ]
+    if status.get("alarm"):
+        lines.append(f"ALARM: {status['alarm']}")
+    clock = status.get("clock") or {}
+    if clock.get("behind"):
+        lines.append(
+            f"ALARM: the system clock stepped back (to {clock.get('behind_by', 0):.3f} s behind "
+            "the latest reading); readings are flagged CLOCK_STEPPED_BACK until it catches up"
+        )
+    lines += [
         "",
         (
             f"{'instrument':<20} {'state':<9} {'polls':>8} {'good':>8} {'skipped':>8} "
