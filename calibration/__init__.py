@@ -76,11 +76,13 @@ from calibration.polynomial import FitError, PolynomialFit, correct_polynomial, 
 from calibration.uncertainty import FloatArray, resolution_uncertainty, welch_satterthwaite
 from calibration.verification import (
     Mpe,
+    VerificationCertificate,
     balance_mpe,
     energy_meter_mpe,
     transformer_limits,
     transformer_mpe,
     verify,
+    within,
 )
 
 __all__ = [
@@ -125,6 +127,7 @@ __all__ = [
     "Term",
     "TransformerKind",
     "TransformerLimit",
+    "VerificationCertificate",
     "balance_mpe",
     "calibrated_ratio",
     "certificate_to_dcc",
@@ -154,4 +157,5 @@ __all__ = [
     "transformer_mpe",
     "verify",
     "welch_satterthwaite",
+    "within",
 ]

@@ -103,7 +103,7 @@ def correct(
 
     Args:
         indication: x, any shape, in the certificate's unit (a single reading or a mean).
-        certificate: a ``kind="calibration"`` certificate in the unit of `indication`.
+        certificate: a calibration or in-house certificate in the unit of `indication`.
         resolution: step d of the indication (>= 0), in the same unit; scalar or an array
             broadcastable to the shape of `indication`.
         coverage_factor: k (> 0) for the expanded uncertainty U = k·u_c.
@@ -121,7 +121,7 @@ def correct(
         ValueError: resolution, coverage factor or type A arguments are invalid, or do not
             broadcast to the shape of `indication`.
     """
-    if certificate.kind != "calibration":
+    if certificate.kind == "verification":
         raise CalibrationError(
             f"certificate {certificate.certificate_id!r} is a {certificate.kind}: no correction "
             "is applied under a verification; use its MPE instead"

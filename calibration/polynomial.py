@@ -122,7 +122,7 @@ def fit_polynomial(
     """Fit c(x) of the given degree to a certificate's corrections by weighted least squares.
 
     Args:
-        certificate: a ``kind="calibration"`` certificate with at least degree + 1 points.
+        certificate: a calibration or in-house certificate with at least degree + 1 points.
         degree: m >= 0, chosen by the caller (at most n - 1).
         significance: the fit fails when P(χ²_nu >= χ²) < significance; 0 accepts any fit.
 
@@ -134,7 +134,7 @@ def fit_polynomial(
         CalibrationError: a verification certificate, or too few points for the degree.
         ValueError: a negative degree or a significance outside [0, 1).
     """
-    if certificate.kind != "calibration":
+    if certificate.kind == "verification":
         raise CalibrationError(
             f"certificate {certificate.certificate_id!r} is a {certificate.kind}: no correction "
             "is fitted to a verification; use its MPE instead"

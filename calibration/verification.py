@@ -12,8 +12,10 @@ range + absolute) is an `Mpe` built directly.
 Pure numpy; no clock; no I/O (the packaged table is read by `accuracy_classes`).
 """
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 import numpy as np
@@ -97,6 +99,61 @@ class Mpe:
             inside &= index < bounds.size
             limit = limit + steps[np.minimum(index, bounds.size - 1)]
         return np.asarray(np.where(inside, limit, np.nan), dtype=np.float64)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerificationCertificate:
+    """A verification certificate (检定证书) a channel rests on: no correction, u = MPE/√3.
+
+    Attributes:
+        certificate_id: the certificate number.
+        unit: the unit of the indications and of `mpe`.
+        issuer: the verifying institute.
+        valid_from: first instant of validity (timezone-aware).
+        valid_until: last instant of validity (timezone-aware), inclusive.
+        mpe: the MPE rule, its `measuring_range` already narrowed to the verified range.
+        passed: the verification's result; a failed one bounds nothing.
+    """
+
+    certificate_id: str
+    unit: str
+    issuer: str = ""
+    valid_from: datetime
+    valid_until: datetime
+    mpe: Mpe
+    passed: bool
+
+    def __post_init__(self) -> None:
+        where = f"verification certificate {self.certificate_id!r}"
+        if not self.certificate_id.strip() or not self.unit.strip():
+            raise CalibrationError(f"{where}: an id and a unit are required")
+        for instant in (self.valid_from, self.valid_until):
+            if instant.utcoffset() is None:
+                raise CalibrationError(f"{where}: validity dates must be timezone-aware")
+        if self.valid_from > self.valid_until:
+            raise CalibrationError(f"{where}: valid_from is after valid_until")
+
+    @property
+    def calibrated_range(self) -> tuple[float, float]:
+        """The verified range (low, high) in `unit` within which the MPE applies."""
+        return self.mpe.measuring_range
+
+
+def within(mpe: Mpe, verified_range: tuple[float, float] | None) -> Mpe:
+    """Return `mpe` applying only within `verified_range` as well (None: unchanged).
+
+    A verification covers the range it was carried out over; outside it nothing is stated,
+    so readings there are flagged, never extrapolated.
+
+    Raises:
+        CalibrationError: the verified range is empty or misses the class's range.
+    """
+    if verified_range is None:
+        return mpe
+    low, high = mpe.measuring_range
+    return dataclasses.replace(
+        mpe, measuring_range=(max(low, verified_range[0]), min(high, verified_range[1]))
+    )
 
 
 def energy_meter_mpe(

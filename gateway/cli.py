@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from gateway.config import StationConfig, load_config
+from gateway.config import StationConfig, config_warnings, load_config, problems_with_lines
 from gateway.errors import ConfigError, StoreError
 from gateway.register import add_register_parsers
 from gateway.store import Store, redact
@@ -60,6 +60,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.file)
     if isinstance(config, int):
         return config
+    text = Path(args.file).read_text(encoding="utf-8")
+    for warning in problems_with_lines(config_warnings(config), file=args.file, text=text):
+        _print(f"warning: {warning}")
     _print(
         f"{args.file}: OK — station {config.station.id}, {len(config.bus)} buses, "
         f"{len(config.instrument)} instruments, "

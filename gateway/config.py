@@ -7,6 +7,7 @@ order) and what is expected. Unknown keys and TOML syntax errors are problems li
 never a traceback. `config/station.example.toml` documents every key.
 """
 
+import math
 import re
 import tomllib
 from collections.abc import Generator, Iterator, Sequence
@@ -15,7 +16,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+)
 
 from gateway.errors import ConfigError, ConfigProblem
 from gateway.secrets import SecretFileError, check_private_file
@@ -172,6 +181,52 @@ Bus = Annotated[SerialBus | ModbusTcpBus | ModbusRtuBus | VisaBus, Field(discrim
 AnyBus = SerialBus | ModbusTcpBus | ModbusRtuBus | VisaBus
 
 
+def _ratio(ratio: float | str) -> float:
+    """``200/5`` → 40.0; a number as it is. Must be finite and > 0."""
+    if isinstance(ratio, str):
+        primary, slash, secondary = ratio.partition("/")
+        try:
+            value = float(primary) / float(secondary) if slash else float(primary)
+        except (ValueError, ZeroDivisionError):
+            msg = 'expected "PRIMARY/SECONDARY" such as "200/5", or a number'
+            raise ValueError(msg) from None
+    else:
+        value = float(ratio)
+    if not (math.isfinite(value) and value > 0):
+        msg = "the ratio must be finite and > 0"
+        raise ValueError(msg)
+    return value
+
+
+class TransformerConfig(_Model):
+    """``[instrument.channel.ct]`` / ``.vt``: an instrument transformer the meter measures through.
+
+    The channel's value is the meter's value times each transformer's ratio. The ratio's
+    uncertainty comes from the transformer's accuracy class (`class`, verification mode: MPE
+    of its ratio error, rectangular) or from a certificate of this file (`certificate`): a
+    verification certificate with an MPE rule, or a calibration certificate in ``%`` whose
+    points give the ratio error (x = load in % of rated, `convention = "error"`).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    ratio: float | str
+    accuracy_class: str | None = Field(default=None, alias="class", min_length=1)
+    certificate: str | None = Field(default=None, min_length=1)
+    load: float = Field(default=1.0, gt=0, le=2)
+
+    @field_validator("ratio")
+    @classmethod
+    def _ratio_value(cls, ratio: float | str) -> float | str:
+        _ratio(ratio)
+        return ratio
+
+    @property
+    def rated_ratio(self) -> float:
+        """K_n = primary/secondary, e.g. 40 for 200/5."""
+        return _ratio(self.ratio)
+
+
 class Channel(_Model):
     """``[[instrument.channel]]``: one quantity of an instrument that becomes readings."""
 
@@ -182,6 +237,8 @@ class Channel(_Model):
     resolution: float = Field(ge=0)
     certificate: str | None = None
     coverage_factor: float = Field(default=2.0, gt=0, le=10)
+    ct: TransformerConfig | None = None
+    vt: TransformerConfig | None = None
 
 
 class Instrument(_Model):
@@ -226,10 +283,83 @@ def _end_of(day: date | datetime) -> datetime:
     return datetime.combine(day, time(0), tzinfo=UTC) + timedelta(days=1, microseconds=-1)
 
 
-class CertificateConfig(_Model):
-    """``[[certificate]]``: a calibration certificate given as points.
+class _ClassRule(_Model):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
-    Dates are UTC days, both ends inclusive; a datetime with an offset is taken as given.
+    accuracy_class: str = Field(alias="class", min_length=1)
+
+
+class EnergyMeterRule(_ClassRule):
+    """``mpe = { rule = "energy-meter", class = "0.5S" }``: IEC 62053 / JJG 596 classes."""
+
+    rule: Literal["energy-meter"]
+    current: float = Field(default=1.0, gt=0)
+    power_factor: str = "1"
+    connection: Literal["direct", "transformer"] | None = None
+
+
+class BalanceRule(_ClassRule):
+    """``mpe = { rule = "balance", class = "II", e = 0.1, max = 2200 }``: OIML R 76 / JJG 1036."""
+
+    rule: Literal["balance"]
+    e: float = Field(gt=0)
+    max: float | None = Field(default=None, gt=0)
+    in_service: bool = False
+
+
+class TransformerRule(_ClassRule):
+    """``mpe = { rule = "transformer", kind = "current", class = "0.2S" }``: IEC 61869."""
+
+    rule: Literal["transformer"]
+    kind: Literal["current", "voltage"]
+    load: float = Field(default=1.0, gt=0, le=2)
+
+
+class LinearRule(_Model):
+    """``mpe = { rule = "linear", absolute = a, percent_of_reading = p }``: a + p/100·|x|."""
+
+    rule: Literal["linear"]
+    absolute: float = Field(default=0.0, ge=0)
+    percent_of_reading: float = Field(default=0.0, ge=0)
+    percent_of_range: float = Field(default=0.0, ge=0)
+    full_scale: float = Field(default=0.0, ge=0)
+
+
+def _mpe_kind(value: Any) -> str | None:  # noqa: ANN401 - pydantic passes raw input
+    """The tag of an ``mpe`` value: its ``rule``, or ``constant`` for a number."""
+    if isinstance(value, dict):
+        rule = value.get("rule")
+        return rule if isinstance(rule, str) else None
+    if isinstance(value, BaseModel):
+        return str(getattr(value, "rule", None))
+    return "constant"
+
+
+MpeRule = EnergyMeterRule | BalanceRule | TransformerRule | LinearRule
+MpeValue = Annotated[
+    Annotated[float, Tag("constant")]
+    | Annotated[EnergyMeterRule, Tag("energy-meter")]
+    | Annotated[BalanceRule, Tag("balance")]
+    | Annotated[TransformerRule, Tag("transformer")]
+    | Annotated[LinearRule, Tag("linear")],
+    Discriminator(
+        _mpe_kind,
+        custom_error_type="mpe_rule",
+        custom_error_message=(
+            'expected a number (a constant MPE) or a table with rule = "energy-meter", '
+            '"balance", "transformer" or "linear"'
+        ),
+    ),
+]
+
+
+class CertificateConfig(_Model):
+    """``[[certificate]]``: a calibration certificate given as points, or a verification.
+
+    A calibration (or in-house calibration) states `points`; a verification (检定) states no
+    points but its result `passed`, its MPE rule `mpe` (a table, or one number: a constant
+    MPE in `unit`) and optionally the verified `range`. Dates are UTC days, both ends
+    inclusive; a datetime with an offset is taken as given.
     """
 
     id: str = Field(min_length=1)
@@ -243,7 +373,11 @@ class CertificateConfig(_Model):
     convention: Literal["correction", "error"] = "correction"
     point_correlation: float = Field(default=1.0, ge=0, le=1)
     interpolation_u: float | None = Field(default=None, ge=0)
-    points: list[PointConfig] = Field(min_length=1)
+    points: list[PointConfig] = Field(default_factory=list)
+    passed: bool | None = None
+    range: tuple[float, float] | None = None
+    mpe: MpeValue | None = None
+    procedure: str = ""
 
     @property
     def valid_from_utc(self) -> datetime:
@@ -356,16 +490,115 @@ def check_references(
     buses = {bus.id: bus for bus in config.bus}
     certificates = {cert.id: cert for cert in config.certificate}
     for index, cert in enumerate(config.certificate):
-        if cert.valid_until_utc < cert.valid_from_utc:
-            yield ("certificate", index, "valid_until"), "must not be before valid_from"
-        xs = [point.x for point in cert.points]
-        if len(set(xs)) != len(xs):
-            yield ("certificate", index, "points"), "two points have the same x"
+        yield from _check_certificate(cert, ("certificate", index))
     for index, instrument in enumerate(config.instrument):
         yield from _check_instrument(
             instrument, ("instrument", index), buses, certificates, base_dir
         )
     yield from check_upstream_secrets(config.upstream)
+
+
+def config_warnings(config: StationConfig) -> Iterator[tuple[tuple[Any, ...], str]]:
+    """Yield (location, message) for what is allowed but worth saying, e.g. register lookups.
+
+    A channel's certificate that is not in the file is looked up in the station's register
+    when the daemon starts (`metrogate certs import`); check-config does not open the store
+    (it may run on another machine, before the store exists), so it can only say so.
+    """
+    in_file = {cert.id for cert in config.certificate}
+    for index, instrument in enumerate(config.instrument):
+        for number, channel in enumerate(instrument.channel):
+            if channel.certificate is not None and channel.certificate not in in_file:
+                yield (
+                    ("instrument", index, "channel", number, "certificate"),
+                    (
+                        f'no certificate "{channel.certificate}" in this file: the daemon will '
+                        "look it up in the station's register (metrogate certs import) at start"
+                    ),
+                )
+
+
+def problems_with_lines(
+    found: Iterator[tuple[tuple[Any, ...], str]], *, file: str, text: str
+) -> list[ConfigProblem]:
+    """(location, message) pairs as problems naming the file and the line of each key."""
+    lines = _KeyLines(text)
+    return [_problem(file, lines, loc, message) for loc, message in found]
+
+
+def _check_certificate(
+    cert: CertificateConfig, where: tuple[Any, ...]
+) -> Iterator[tuple[tuple[Any, ...], str]]:
+    """Yield problems of one ``[[certificate]]``: dates, points or verification data."""
+    if cert.valid_until_utc < cert.valid_from_utc:
+        yield (*where, "valid_until"), "must not be before valid_from"
+    if cert.range is not None and not cert.range[0] <= cert.range[1]:
+        yield (*where, "range"), f"[low, high] with low <= high, got {list(cert.range)}"
+    if cert.kind != "verification":
+        yield from _check_calibration(cert, where)
+        return
+    if cert.points:
+        yield (
+            (*where, "points"),
+            (
+                "a verification certificate states no corrections (检定: the indication is used "
+                "as it is, bounded by the MPE); remove the points or make it kind calibration"
+            ),
+        )
+    if cert.passed is None:
+        yield (*where, "passed"), "required for a verification certificate: true or false"
+    elif not cert.passed:
+        # A failed verification (不合格) bounds nothing: the error exceeded the MPE somewhere,
+        # so u = MPE/sqrt(3) would understate it. Readings must not rest on it at all.
+        yield (
+            (*where, "passed"),
+            (
+                "a failed verification cannot support readings (the instrument's error exceeds "
+                "its MPE); remove the certificate and the channels' reference to it"
+            ),
+        )
+    if cert.mpe is None:
+        yield (
+            (*where, "mpe"),
+            (
+                "required for a verification certificate: a rule table such as { rule = "
+                '"energy-meter", class = "0.5S" }, or a constant MPE in the certificate\'s unit'
+            ),
+        )
+        return
+    if isinstance(cert.mpe, float | int) and not (math.isfinite(cert.mpe) and cert.mpe > 0):
+        yield (*where, "mpe"), f"a constant MPE must be finite and > 0, got {cert.mpe!r}"
+        return
+    yield from _buildable(cert, (*where, "mpe"))
+
+
+def _check_calibration(
+    cert: CertificateConfig, where: tuple[Any, ...]
+) -> Iterator[tuple[tuple[Any, ...], str]]:
+    for key in ("passed", "mpe"):
+        if getattr(cert, key) is not None:
+            yield (*where, key), f'only for kind "verification" (this is a {cert.kind})'
+    if not cert.points:
+        yield (*where, "points"), f"required for a {cert.kind} certificate: at least one point"
+        return
+    xs = [point.x for point in cert.points]
+    if len(set(xs)) != len(xs):
+        yield (*where, "points"), "two points have the same x"
+        return
+    yield from _buildable(cert, (*where, "points"))
+
+
+def _buildable(
+    cert: CertificateConfig, where: tuple[Any, ...]
+) -> Iterator[tuple[tuple[Any, ...], str]]:
+    """Build the certificate's model as the daemon will; yield its refusal, if any."""
+    from calibration import CalibrationError  # noqa: PLC0415 - only when certificates exist
+    from gateway.instruments import certificate_model  # noqa: PLC0415 - imports this module
+
+    try:
+        certificate_model(cert)
+    except CalibrationError as exc:
+        yield where, str(exc)
 
 
 def check_upstream_secrets(upstream: UpstreamSection) -> Iterator[tuple[tuple[Any, ...], str]]:
@@ -429,27 +662,61 @@ def _check_instrument(
                     f'"{source}": "{sources[source]}"'
                 ),
             )
-        if channel.certificate is None:
-            continue
-        named = certificates.get(channel.certificate)
-        if named is None:
-            yield (*at, "certificate"), f'no certificate "{channel.certificate}" in this file'
-        elif named.kind == "verification":
-            # calibration.verification has the model (no correction, u = MPE/sqrt(3)); the
-            # station file has no way yet to state a channel's accuracy class.
-            yield (
-                (*at, "certificate"),
-                (
-                    f"{named.id} is a verification certificate; channels are corrected with "
-                    "calibration certificates only (verification-mode channels are not "
-                    "supported in the station file yet)"
-                ),
-            )
-        elif named.unit != channel.unit:
+        for name in ("ct", "vt"):
+            transformer = getattr(channel, name)
+            if transformer is not None:
+                yield from _check_transformer(transformer, name, (*at, name), certificates)
+        named = certificates.get(channel.certificate) if channel.certificate else None
+        if named is not None and named.unit != channel.unit:
             yield (
                 (*at, "unit"),
                 f'"{channel.unit}" differs from certificate {named.id} unit "{named.unit}"',
             )
+
+
+def _check_transformer(
+    transformer: TransformerConfig,
+    name: str,
+    where: tuple[Any, ...],
+    certificates: dict[str, CertificateConfig],
+) -> Iterator[tuple[tuple[Any, ...], str]]:
+    """A CT or VT needs a class or a certificate of this file that can bound its ratio."""
+    named = certificates.get(transformer.certificate) if transformer.certificate else None
+    if transformer.accuracy_class is not None:
+        from calibration import CalibrationError, transformer_limits  # noqa: PLC0415
+
+        kind: Literal["current", "voltage"] = "current" if name == "ct" else "voltage"
+        try:
+            transformer_limits(kind, transformer.accuracy_class, load=transformer.load)
+        except CalibrationError as exc:
+            yield (*where, "class"), str(exc)
+        if named is not None and named.kind != "verification":
+            yield (
+                (*where, "certificate"),
+                (
+                    f"{named.id} is a {named.kind} certificate: give class or a calibration "
+                    "certificate, not both"
+                ),
+            )
+        return
+    if transformer.certificate is None:
+        yield where, 'needs class (e.g. "0.2S") or certificate (an id in this file)'
+    elif named is None:
+        yield (
+            (*where, "certificate"),
+            (
+                f'no certificate "{transformer.certificate}" in this file (a transformer without '
+                "class needs its certificate here)"
+            ),
+        )
+    elif named.kind != "verification" and named.unit != "%":
+        yield (
+            (*where, "certificate"),
+            (
+                f'{named.id}: a transformer calibration certificate is in "%" (ratio error at '
+                f'loads in % of rated), not "{named.unit}"'
+            ),
+        )
 
 
 def _sources(  # noqa: PLR0911 - one answer per driver family

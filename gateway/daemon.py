@@ -641,6 +641,7 @@ class Station:
             chains, self._records = await store.call(resolve)
         except (StoreError, SQLAlchemyError, CalibrationError) as exc:
             log.warning("cannot read the register (%s): calibration chains are unchecked", exc)
+            self._without_register()
             return {}
         for subject, chain in chains.items():
             links = " → ".join(chain.certificate_ids)
@@ -651,7 +652,24 @@ class Station:
             else:
                 until = chain.valid_until.isoformat() if chain.valid_until else "open end"
                 log.info("channel %s: chain %s valid until %s", subject, links, until)
+            if chain.covered_range is not None:
+                low, high = chain.covered_range
+                log.info("channel %s: the chain covers %g to %g", subject, low, high)
         return chains
+
+    def _without_register(self) -> None:
+        """Log each channel whose certificate only the (unreadable) register could give."""
+        in_file = {cert.id for cert in self.config.certificate}
+        for instrument in self.config.instrument:
+            for channel in instrument.channel:
+                if channel.certificate is not None and channel.certificate not in in_file:
+                    log.error(
+                        "channel %s/%s: certificate %s is not in the station file and the "
+                        "register cannot be read: its readings are flagged NO_CERTIFICATE",
+                        instrument.id,
+                        channel.id,
+                        channel.certificate,
+                    )
 
     @staticmethod
     async def _finish_pipeline(pipeline: Pipeline, task: asyncio.Task[None]) -> int:

@@ -3,17 +3,19 @@
 
 A reading carries u, U and k; an auditor asks where they come from. This rebuilds the GUM
 budget of one reading (certificate, interpolation, resolution, each named with its share of
-u_c²) from its indication and its channel's certificate as the station file states them now,
-and says so when that no longer reproduces the stored value (the file changed since).
+u_c²) from its indication and its channel's certificate as the station file states them now
+(a verification certificate's MPE; a CT's and a VT's ratio for a composite channel), and says
+so when that no longer reproduces the stored value (the file changed since).
 """
 
 from typing import Any
 
 import numpy as np
 
-from calibration import Budget, correct_piecewise, format_budget
+from calibration import Budget, format_budget
 from gateway.config import StationConfig
-from gateway.instruments import certificate_model
+from gateway.instruments import channel_model
+from gateway.pipeline import ChannelSpec, channel_result
 
 __all__ = ["explain_reading"]
 
@@ -50,13 +52,28 @@ def explain_reading(config: StationConfig, reading: dict[str, Any]) -> tuple[Bud
             None,
             f"{head}\nno budget: the station file no longer has this channel's certificate",
         )
-    certificate = certificate_model(config.certificate_by_id(channel.certificate))
-    result = correct_piecewise(
-        np.float64(reading["indication"]),
-        certificate,
-        channel.resolution,
+    if all(cert.id != channel.certificate for cert in config.certificate):
+        return (
+            None,
+            (
+                f"{head}\nno budget: certificate {channel.certificate} is not in the station file "
+                "(the daemon takes it from the register; see metrogate certs show)"
+            ),
+        )
+    model = channel_model(config, channel, None)
+    spec = ChannelSpec(
+        instrument=reading["instrument"],
+        channel=channel.id,
+        quantity=channel.quantity,
+        unit=channel.unit,
+        resolution=channel.resolution,
+        certificate_id=channel.certificate,
+        certificate=model.certificate,
         coverage_factor=channel.coverage_factor,
+        factors=model.factors,
+        dated=model.dated,
     )
+    result = channel_result(spec, np.float64(reading["indication"]))
     budget = result.budget()
     text = f"{head}\n{format_budget(budget)}"
     if not np.isclose(

@@ -7,9 +7,23 @@ which transport serves which bus kind; adding a family means adding a line here.
 
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import cast
+from typing import Literal, cast
 
-from calibration import Certificate
+from calibration import (
+    CalibrationError,
+    Certificate,
+    Component,
+    MeasurementResult,
+    Mpe,
+    VerificationCertificate,
+    balance_mpe,
+    calibrated_ratio,
+    correct,
+    energy_meter_mpe,
+    transformer_mpe,
+    verify,
+    within,
+)
 from drivers.balances.mtsics import MtSicsBalance
 from drivers.balances.sbi import SbiBalance
 from drivers.meters.dlt645 import Dlt645Meter
@@ -25,15 +39,21 @@ from drivers.transports.visa import open_visa
 from gateway.config import (
     DRIVER_DEFAULT_SOURCE,
     AnyBus,
+    BalanceRule,
     CertificateConfig,
+    Channel,
+    EnergyMeterRule,
     Instrument,
+    LinearRule,
     ModbusRtuBus,
     SerialBus,
     StationConfig,
+    TransformerConfig,
+    TransformerRule,
     VisaBus,
 )
 from gateway.config import ModbusTcpBus as ModbusTcpBusConfig
-from gateway.pipeline import ChannelChain, ChannelSpec
+from gateway.pipeline import ChannelChain, ChannelModel, ChannelSpec, Factor
 
 __all__ = [
     "Link",
@@ -42,7 +62,9 @@ __all__ = [
     "channel_specs",
     "link_opener",
     "make_driver",
+    "mpe_model",
     "resolve_register_map",
+    "transformer_factor",
 ]
 
 Link = ByteStream | RegisterBus | MessageLink
@@ -144,8 +166,23 @@ def _source(instrument: Instrument, source: str | None) -> str:
     return source or DRIVER_DEFAULT_SOURCE[instrument.driver]
 
 
-def certificate_model(cert: CertificateConfig) -> Certificate:
-    """Build the calibration model of a configured certificate."""
+def certificate_model(cert: CertificateConfig) -> Certificate | VerificationCertificate:
+    """Build the model of a configured certificate: points to correct with, or an MPE.
+
+    Raises:
+        CalibrationError: the certificate's numbers do not make a model (the message says
+            which certificate and why).
+    """
+    if cert.kind == "verification":
+        return VerificationCertificate(
+            certificate_id=cert.id,
+            unit=cert.unit,
+            issuer=cert.issuer,
+            valid_from=cert.valid_from_utc,
+            valid_until=cert.valid_until_utc,
+            mpe=within(mpe_model(cert), cert.range),
+            passed=bool(cert.passed),
+        )
     return Certificate.from_points(
         certificate_id=cert.id,
         unit=cert.unit,
@@ -161,6 +198,139 @@ def certificate_model(cert: CertificateConfig) -> Certificate:
     )
 
 
+def mpe_model(cert: CertificateConfig) -> Mpe:
+    """The MPE rule a verification certificate states, in its unit.
+
+    Raises:
+        CalibrationError: no rule, or a class the tables do not know.
+    """
+    rule = cert.mpe
+    match rule:
+        case EnergyMeterRule():
+            return energy_meter_mpe(
+                rule.accuracy_class,
+                current=rule.current,
+                power_factor=rule.power_factor,
+                connection=rule.connection,
+            )
+        case BalanceRule():
+            return balance_mpe(
+                rule.accuracy_class,
+                scale_interval=rule.e,
+                capacity=rule.max,
+                in_service=rule.in_service,
+            )
+        case TransformerRule():
+            return transformer_mpe(rule.kind, rule.accuracy_class, load=rule.load)
+        case LinearRule():
+            return Mpe(
+                description=f"stated MPE of {cert.id}",
+                absolute=rule.absolute,
+                percent_of_reading=rule.percent_of_reading,
+                percent_of_range=rule.percent_of_range,
+                full_scale=rule.full_scale,
+                reference=cert.procedure,
+            )
+        case None:
+            raise CalibrationError(f"verification certificate {cert.id!r} states no MPE")
+        case _:
+            return Mpe(
+                description=f"MPE {rule:g} {cert.unit} of {cert.id}",
+                absolute=float(rule),
+                reference=cert.procedure,
+            )
+
+
+def transformer_factor(
+    transformer: TransformerConfig, name: str, certificates: Mapping[str, CertificateConfig]
+) -> tuple[Factor, CertificateConfig | None]:
+    """The ratio of a CT (`name` "ct") or VT ("vt") as a factor of the channel's product.
+
+    With `class`: K_n with the class's ratio-error MPE (rectangular; 检定, no correction).
+    With a verification certificate: K_n with that certificate's MPE. With a calibration
+    certificate in % (x = load in % of rated, ratio error ε): K = K_n/(1 + ε/100) at
+    `load`, with the certificate's u(ε) (`calibration.calibrated_ratio`).
+
+    Returns:
+        The factor and the certificate of this file it rests on (None with a class alone).
+    """
+    quantity = f"{name.upper()} ratio"
+    ratio = transformer.rated_ratio
+    named = certificates.get(transformer.certificate) if transformer.certificate else None
+    certificate_id = transformer.certificate or f"{name.upper()} class"
+    if transformer.accuracy_class is not None:
+        kind: Literal["current", "voltage"] = "current" if name == "ct" else "voltage"
+        mpe = transformer_mpe(kind, transformer.accuracy_class, load=transformer.load)
+        result = verify(ratio, mpe, unit="1", certificate_id=certificate_id, quantity=quantity)
+    elif named is None:
+        raise CalibrationError(f"{quantity}: no class and no certificate in the station file")
+    elif named.kind == "verification":
+        result = verify(
+            ratio, mpe_model(named), unit="1", certificate_id=named.id, quantity=quantity
+        )
+    else:
+        result = _calibrated_ratio(ratio, transformer.load, named, quantity)
+    ids = (transformer.certificate,) if transformer.certificate else ()
+    return Factor(result=result, certificate_ids=ids), named
+
+
+def _calibrated_ratio(
+    ratio: float, load: float, cert: CertificateConfig, quantity: str
+) -> MeasurementResult:
+    """K at `load` (I/In) from a certificate of ratio errors in % at loads in % of rated."""
+    model = certificate_model(cert)
+    assert isinstance(model, Certificate)  # noqa: S101 - the caller checked its kind
+    at_load = correct(100.0 * load, model, resolution=0.0)
+    if not bool(at_load.in_range):
+        low, high = model.calibrated_range
+        raise CalibrationError(
+            f"{quantity}: certificate {cert.id} covers loads {low:g} to {high:g} % of rated, "
+            f"not {100.0 * load:g} %"
+        )
+    ratio_error = -float(at_load.value - 100.0 * load)  # ε = E = -C
+    return calibrated_ratio(
+        ratio,
+        ratio_error_percent=ratio_error,
+        components=[
+            Component(
+                name=f"certificate {cert.id}",
+                standard_uncertainty=float(at_load.standard_uncertainty),
+            )
+        ],
+        quantity=quantity,
+        certificate_id=cert.id,
+    )
+
+
+def channel_model(
+    config: StationConfig, channel: Channel, chain: ChannelChain | None
+) -> ChannelModel:
+    """What corrects `channel`: its certificate (the file's, else the register's) and factors.
+
+    Raises:
+        CalibrationError: a certificate or transformer cannot be built (check-config reports
+            the same problems, so a validated file does not raise).
+    """
+    certificates = {cert.id: cert for cert in config.certificate}
+    named = certificates.get(channel.certificate) if channel.certificate else None
+    certificate: Certificate | VerificationCertificate | None = None
+    if named is not None:
+        certificate = certificate_model(named)
+    elif chain is not None:
+        certificate = chain.certificate
+    factors: list[Factor] = []
+    dated: list[Certificate | VerificationCertificate] = []
+    for name in ("ct", "vt"):
+        transformer = getattr(channel, name)
+        if transformer is None:
+            continue
+        factor, cert = transformer_factor(transformer, name, certificates)
+        factors.append(factor)
+        if cert is not None:
+            dated.append(certificate_model(cert))
+    return ChannelModel(certificate=certificate, factors=tuple(factors), dated=tuple(dated))
+
+
 def channel_specs(
     config: StationConfig,
     instrument: Instrument,
@@ -170,10 +340,13 @@ def channel_specs(
 
     `chains` holds the calibration chains resolved from the register, by
     ``instrument/channel``; a channel missing there has its certificate alone as its chain.
+    A channel whose certificate is not in the station file takes the register's model
+    carried by its chain (`ChannelChain.certificate`); without one it has no certificate.
     """
-    models = {cert.id: certificate_model(cert) for cert in config.certificate}
     specs: dict[str, list[ChannelSpec]] = {}
     for channel in instrument.channel:
+        chain = (chains or {}).get(f"{instrument.id}/{channel.id}")
+        model = channel_model(config, channel, chain)
         spec = ChannelSpec(
             instrument=instrument.id,
             channel=channel.id,
@@ -181,9 +354,11 @@ def channel_specs(
             unit=channel.unit,
             resolution=channel.resolution,
             certificate_id=channel.certificate,
-            certificate=models.get(channel.certificate) if channel.certificate else None,
+            certificate=model.certificate,
             coverage_factor=channel.coverage_factor,
-            chain=(chains or {}).get(f"{instrument.id}/{channel.id}"),
+            chain=chain,
+            factors=model.factors,
+            dated=model.dated,
         )
         specs.setdefault(_source(instrument, channel.source), []).append(spec)
     return specs

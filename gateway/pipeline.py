@@ -8,21 +8,36 @@ channel by channel with one vectorised call each (`calibration.correct`), stamps
 commits it in one transaction. Only after the commit does the chain head move and the
 forwarder hear of it.
 
-A channel's calibration chain (`ChannelChain`) is resolved from the register once, at
-start-up; per reading the pipeline only compares the acquisition time with the window in
-which every link of the chain is valid.
+A channel rests on a calibration certificate (corrected: `calibration.correct`), or on a
+verification certificate (检定: not corrected, u = MPE/√3, `calibration.verify`); a meter
+measuring through instrument transformers multiplies by their ratios
+(`calibration.composite.product`). A channel's calibration chain (`ChannelChain`) is
+resolved from the register once, at start-up; per reading the pipeline only compares the
+acquisition time with the window in which every link of the chain is valid, and the
+indication with the range every link stated in the channel's unit covers.
 """
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
-from calibration import Certificate, ChainResult, correct
+from calibration import (
+    Certificate,
+    ChainResult,
+    MeasurementResult,
+    VerificationCertificate,
+    correct,
+    correct_piecewise,
+    product,
+    verify,
+)
 from gateway.errors import StoreError
 from gateway.stamp import Measured, Stamped, Stamper
 from gateway.store import AsyncStore
@@ -45,6 +60,10 @@ class ChannelChain:
         valid_until: until when every link is valid (the earliest expiry, or expiry of a
             public standard's assessment), or None.
         problem: why the chain is broken (the first failing link), for the log.
+        covered_range: (low, high) in the channel's unit that every link stating a range in
+            that unit covers (their intersection), or None when none states one.
+        certificate: the channel's certificate model loaded from the register, used when the
+            station file does not state the certificate (None otherwise).
     """
 
     certificate_ids: tuple[str, ...]
@@ -53,21 +72,40 @@ class ChannelChain:
     valid_from: datetime | None = None
     valid_until: datetime | None = None
     problem: str = ""
+    covered_range: tuple[float, float] | None = None
+    certificate: Certificate | VerificationCertificate | None = None
 
     @classmethod
-    def from_result(cls, certificate_id: str, result: ChainResult | None) -> "ChannelChain":
+    def from_result(
+        cls,
+        certificate_id: str,
+        result: ChainResult | None,
+        *,
+        unit: str | None = None,
+        certificate: Certificate | VerificationCertificate | None = None,
+    ) -> "ChannelChain":
         """The chain of a channel whose station file names `certificate_id`.
 
         `result` is the register's chain for the channel (None, or a first link without a
-        certificate, when the register knows nothing of it).
+        certificate, when the register knows nothing of it). `unit` is the channel's: the
+        links whose range is stated in it bound `covered_range`. `certificate` is the
+        register's model of the channel's certificate, if the daemon loaded one.
         """
         if result is None or not result.links or result.links[0].certificate is None:
-            return cls(certificate_ids=(certificate_id,))
+            return cls(certificate_ids=(certificate_id,), certificate=certificate)
         ids = tuple(dict.fromkeys((certificate_id, *result.certificate_ids)))
+        covered = _covered_range(result, unit)
         if not result.ok:
             first = result.failures[0]
             problem = f"{first.subject}: {'; '.join(first.reasons)}"
-            return cls(certificate_ids=ids, checked=True, broken=True, problem=problem)
+            return cls(
+                certificate_ids=ids,
+                checked=True,
+                broken=True,
+                problem=problem,
+                covered_range=covered,
+                certificate=certificate,
+            )
         records = [link.certificate for link in result.links if link.certificate is not None]
         ends = [record.expires for record in records] + [
             link.standard.assessment_valid_until
@@ -81,6 +119,8 @@ class ChannelChain:
             checked=True,
             valid_from=max(record.issued for record in records),
             valid_until=min(ends),
+            covered_range=covered,
+            certificate=certificate,
         )
 
     def broken_at(self, moment: datetime) -> bool:
@@ -92,6 +132,51 @@ class ChannelChain:
         if self.valid_from is not None and moment < self.valid_from:
             return True
         return self.valid_until is not None and moment > self.valid_until
+
+
+def _covered_range(result: ChainResult, unit: str | None) -> tuple[float, float] | None:
+    """The intersection of the ranges that links of `result` state in `unit`, or None.
+
+    An empty intersection is kept as (low, high) with low > high: nothing is covered.
+    """
+    spans = [
+        link.certificate.calibrated_range
+        for link in result.links
+        if link.certificate is not None
+        and link.certificate.calibrated_range is not None
+        and link.certificate.calibrated_range.unit == unit
+    ]
+    if unit is None or not spans:
+        return None
+    return max(span.minimum for span in spans), min(span.maximum for span in spans)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Factor:
+    """A constant factor of a composite channel, e.g. a CT's ratio, with its uncertainty.
+
+    Attributes:
+        result: the factor as a 0-d result (value, terms) to multiply the reading by.
+        certificate_ids: the certificates it rests on, for the readings' ``chain``.
+    """
+
+    result: MeasurementResult
+    certificate_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelModel:
+    """What corrects a channel: its certificate, the factors, the certificates they rest on.
+
+    Attributes:
+        certificate: the channel's certificate model, or None.
+        factors: instrument transformer ratios to multiply by (empty: a plain channel).
+        dated: further certificates whose validity the readings depend on (the factors').
+    """
+
+    certificate: Certificate | VerificationCertificate | None
+    factors: tuple[Factor, ...] = ()
+    dated: tuple[Certificate | VerificationCertificate, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -109,6 +194,11 @@ class ChannelSpec:
         coverage_factor: k for the expanded uncertainty.
         chain: the channel's calibration chain as resolved from the register, or None when
             not resolved (then the chain is the certificate alone, unchecked).
+        factors: CT and VT ratios the value is multiplied by (empty: a plain channel).
+        dated: the factors' certificates, whose validity the readings' flags also check.
+        chain_ids: the ``chain`` member of this channel's readings (derived).
+        scale: the product of the factors' values (1 for a plain channel; derived).
+        window: (from, until) in which every certificate applied is valid (derived).
     """
 
     instrument: str
@@ -117,16 +207,31 @@ class ChannelSpec:
     unit: str
     resolution: float
     certificate_id: str | None
-    certificate: Certificate | None
+    certificate: Certificate | VerificationCertificate | None
     coverage_factor: float = 2.0
     chain: ChannelChain | None = None
+    factors: tuple[Factor, ...] = ()
+    dated: tuple[Certificate | VerificationCertificate, ...] = ()
+    chain_ids: tuple[str, ...] = field(init=False)
+    scale: float = field(init=False)
+    window: tuple[datetime, datetime] | None = field(init=False)
 
-    @property
-    def chain_ids(self) -> tuple[str, ...]:
-        """The ``chain`` member of this channel's readings."""
+    def __post_init__(self) -> None:
+        # Derived once here: measure() reads them for every reading.
+        own: tuple[str, ...] = (self.certificate_id,) if self.certificate_id else ()
         if self.chain is not None:
-            return self.chain.certificate_ids
-        return (self.certificate_id,) if self.certificate_id else ()
+            own = self.chain.certificate_ids
+        factor_ids = (i for factor in self.factors for i in factor.certificate_ids)
+        object.__setattr__(self, "chain_ids", tuple(dict.fromkeys((*own, *factor_ids))))
+        scale = math.prod(float(factor.result.value) for factor in self.factors)
+        object.__setattr__(self, "scale", scale)
+        applied = [*([self.certificate] if self.certificate else []), *self.dated]
+        window = (
+            (max(c.valid_from for c in applied), min(c.valid_until for c in applied))
+            if applied
+            else None
+        )
+        object.__setattr__(self, "window", window)
 
 
 class Acquired(NamedTuple):
@@ -153,9 +258,11 @@ def measure(batch: Sequence[Acquired]) -> list[Measured]:
 
     Flags: ``UNSTABLE`` (the instrument said so), ``UNIT_MISMATCH`` (the instrument reported
     another unit than the channel's: not corrected), ``NO_CERTIFICATE``,
-    ``CERT_NOT_YET_VALID`` / ``CERT_EXPIRED`` (corrected, but not traceable),
-    ``OUT_OF_CALIBRATED_RANGE`` (never extrapolated: value = indication, no uncertainty),
-    ``CHAIN_BROKEN`` (the register's chain of the channel is not valid at the reading's time).
+    ``CERT_NOT_YET_VALID`` / ``CERT_EXPIRED`` (corrected, but not traceable; every
+    certificate applied counts, a CT's or VT's too), ``OUT_OF_CALIBRATED_RANGE`` (outside the
+    certificate's points or the verified range: never extrapolated, no uncertainty),
+    ``CHAIN_BROKEN`` (the register's chain of the channel is not valid at the reading's time),
+    ``OUT_OF_CHAIN_RANGE`` (the indication lies outside the range a link up the chain covers).
     """
     groups: dict[int, list[int]] = {}
     for index, item in enumerate(batch):
@@ -170,9 +277,11 @@ def measure(batch: Sequence[Acquired]) -> list[Measured]:
                 results[i] = _uncorrected(batch[i], ("UNIT_MISMATCH",), times)
         if spec.certificate is None:
             for i in usable:
-                results[i] = _uncorrected(batch[i], ("NO_CERTIFICATE",), times)
+                item = batch[i]
+                value = item.indication * spec.scale
+                results[i] = _uncorrected(item, ("NO_CERTIFICATE",), times, value=value)
         elif usable:
-            _correct_group(batch, usable, spec, spec.certificate, results=results, times=times)
+            _correct_group(batch, usable, spec, results=results, times=times)
     return [result for result in results if result is not None]
 
 
@@ -184,11 +293,99 @@ class _TimeText(dict[datetime, str]):
         return text
 
 
+class _Evaluated(NamedTuple):
+    """One group's results as Python lists (the stamper wants floats, not numpy scalars)."""
+
+    value: list[float]
+    u: list[float]
+    expanded: list[float]
+    in_range: list[bool]
+
+
+def channel_result(spec: ChannelSpec, indication: npt.ArrayLike) -> MeasurementResult:
+    """The channel's results with every uncertainty term, for a budget or a composite.
+
+    A calibration certificate corrects (`correct_piecewise`); a verification certificate
+    bounds (`verify`: value = indication, u = MPE/√3); each factor multiplies
+    (`calibration.composite.product`, GUM 5.1.2, terms of one source correlated).
+
+    Raises:
+        ValueError: the channel has no certificate.
+    """
+    certificate = spec.certificate
+    quantity = "meter" if spec.factors else spec.quantity
+    if certificate is None:
+        raise ValueError(f"channel {spec.instrument}/{spec.channel} has no certificate")
+    if isinstance(certificate, VerificationCertificate):
+        reading = verify(
+            indication,
+            certificate.mpe,
+            unit=spec.unit,
+            certificate_id=certificate.certificate_id,
+            resolution=spec.resolution,
+            coverage_factor=spec.coverage_factor,
+            quantity=quantity,
+        )
+    else:
+        reading = correct_piecewise(
+            indication,
+            certificate,
+            spec.resolution,
+            coverage_factor=spec.coverage_factor,
+            quantity=quantity,
+        )
+    if not spec.factors:
+        return reading
+    return product(
+        [reading, *(factor.result for factor in spec.factors)],
+        quantity=spec.quantity,
+        unit=spec.unit,
+        coverage_factor=spec.coverage_factor,
+    )
+
+
+def _evaluate(spec: ChannelSpec, indication: npt.NDArray[np.float64]) -> _Evaluated:
+    """Vectorised over one channel's readings; the plain calibration path stays the fastest."""
+    if isinstance(spec.certificate, Certificate) and not spec.factors:
+        corrected = correct(
+            indication,
+            spec.certificate,
+            resolution=spec.resolution,
+            coverage_factor=spec.coverage_factor,
+        )
+        return _Evaluated(
+            corrected.value.tolist(),
+            corrected.standard_uncertainty.tolist(),
+            corrected.expanded_uncertainty.tolist(),
+            corrected.in_range.tolist(),
+        )
+    result = channel_result(spec, indication)
+    return _Evaluated(
+        result.value.tolist(),
+        result.standard_uncertainty.tolist(),
+        result.expanded_uncertainty.tolist(),
+        result.in_range.tolist(),
+    )
+
+
+def _beyond_chain(chain: ChannelChain | None, indication: npt.NDArray[np.float64]) -> list[bool]:
+    """Per reading: the indication lies outside the range the chain covers (all False if none).
+
+    The indication, not the corrected value, is compared: a channel's certificate covers
+    indications, and up the chain a standard's range is in reference values, which differ
+    from the indication by the correction only.
+    """
+    if chain is None or chain.covered_range is None:
+        return [False] * indication.size
+    low, high = chain.covered_range
+    beyond: list[bool] = ((indication < low) | (indication > high)).tolist()
+    return beyond
+
+
 def _correct_group(
     batch: Sequence[Acquired],
     indexes: list[int],
     spec: ChannelSpec,
-    certificate: Certificate,
     *,
     results: list[Measured | None],
     times: _TimeText,
@@ -196,32 +393,28 @@ def _correct_group(
     indication = np.fromiter(
         (batch[i].indication for i in indexes), dtype=np.float64, count=len(indexes)
     )
-    corrected = correct(
-        indication, certificate, resolution=spec.resolution, coverage_factor=spec.coverage_factor
-    )
-    values = corrected.value.tolist()
-    u = corrected.standard_uncertainty.tolist()
-    expanded = corrected.expanded_uncertainty.tolist()
-    in_range = corrected.in_range.tolist()
-    k = float(corrected.coverage_factor)
+    values, u, expanded, in_range = _evaluate(spec, indication)
+    beyond = _beyond_chain(spec.chain, indication)
+    k = float(spec.coverage_factor)
     chain_ids = spec.chain_ids
     validity: dict[datetime, tuple[str, ...]] = {}
     for position, i in enumerate(indexes):
         item = batch[i]
         flags = validity.get(item.time)
         if flags is None:
-            flags = validity[item.time] = _validity_flags(item.time, certificate, spec.chain)
-        if not item.stable or not in_range[position]:
-            extra = ("UNSTABLE",) if not item.stable else ()
-            if not in_range[position]:
-                results[i] = _uncorrected(
-                    item,
-                    (*flags, *extra, "OUT_OF_CALIBRATED_RANGE"),
-                    times,
-                    certificate=spec.certificate_id,
-                )
-                continue
-            flags = tuple(sorted((*flags, *extra)))
+            flags = validity[item.time] = _validity_flags(item.time, spec)
+        if not in_range[position]:
+            results[i] = _uncorrected(
+                item,
+                (*flags, "OUT_OF_CALIBRATED_RANGE"),
+                times,
+                certificate=spec.certificate_id,
+                value=values[position],
+            )
+            continue
+        if beyond[position] or not item.stable:
+            extra = ("OUT_OF_CHAIN_RANGE",) if beyond[position] else ()
+            flags = tuple(sorted((*flags, *extra, *(() if item.stable else ("UNSTABLE",)))))
         results[i] = Measured(
             instrument=spec.instrument,
             channel=spec.channel,
@@ -239,23 +432,30 @@ def _correct_group(
         )
 
 
-def _validity_flags(
-    moment: datetime, certificate: Certificate, chain: ChannelChain | None
-) -> tuple[str, ...]:
-    """The certificate's and the chain's flags at `moment`, sorted."""
+def _validity_flags(moment: datetime, spec: ChannelSpec) -> tuple[str, ...]:
+    """The certificates' and the chain's flags at `moment`, sorted."""
     flags: tuple[str, ...] = ()
-    if chain is not None and chain.broken_at(moment):
+    if spec.chain is not None and spec.chain.broken_at(moment):
         flags = ("CHAIN_BROKEN",)
-    if moment < certificate.valid_from:
+    if spec.window is None:
+        return flags
+    valid_from, valid_until = spec.window
+    if moment < valid_from:
         return ("CERT_NOT_YET_VALID", *flags)
-    if moment > certificate.valid_until:
+    if moment > valid_until:
         return ("CERT_EXPIRED", *flags)
     return flags
 
 
 def _uncorrected(
-    item: Acquired, flags: tuple[str, ...], times: _TimeText, *, certificate: str | None = None
+    item: Acquired,
+    flags: tuple[str, ...],
+    times: _TimeText,
+    *,
+    certificate: str | None = None,
+    value: float | None = None,
 ) -> Measured:
+    """A reading without uncertainty: `value` (default: the indication as it is)."""
     spec = item.spec
     all_flags = set(flags)
     if not item.stable:
@@ -265,7 +465,7 @@ def _uncorrected(
         channel=spec.channel,
         quantity=spec.quantity,
         indication=item.indication,
-        value=item.indication,
+        value=item.indication if value is None else value,
         unit=item.unit,
         u=None,
         expanded_u=None,

@@ -13,6 +13,8 @@ is owned by another change in flight; they belong beside `CertificateConfig` (ST
 
 import argparse
 import json
+import logging
+import math
 import sys
 import tomllib
 from collections.abc import Iterable
@@ -28,12 +30,15 @@ from sqlmodel import Session, SQLModel
 from calibration import (
     CalibratedRange,
     CalibrationError,
+    CalibrationPoint,
     Certificate,
     CertificateRecord,
     ChainResult,
     Level,
+    Mpe,
     Route,
     Standard,
+    VerificationCertificate,
     dcc_to_certificate,
     expiring,
     parse_dcc,
@@ -62,6 +67,7 @@ __all__ = [
     "RegisterFile",
     "StandardConfig",
     "add_register_parsers",
+    "channel_certificate",
     "load_records",
     "load_standards",
     "open_register",
@@ -75,6 +81,7 @@ __all__ = [
 #: Days ahead that ``certs list`` and ``chain`` warn of an expiry, until the station file
 #: gains ``[register] expiry_warning_days`` (gateway.config is not this change's to edit).
 DEFAULT_EXPIRY_WARNING_DAYS = 30.0
+log = logging.getLogger(__name__)
 _TABLES = [StandardRow.__table__, CertificateRow.__table__]  # type: ignore[attr-defined]  # SQLModel sets it
 
 
@@ -165,8 +172,12 @@ def save_certificate(
     *,
     model: Certificate | None = None,
     source: str = "",
+    unit: str | None = None,
 ) -> None:
-    """Insert or replace `record`, with the points of its calibration `model` if any."""
+    """Insert or replace `record`, with the points of its calibration `model` if any.
+
+    `unit` is the certificate's unit when it has no model (a verification's MPE is in it).
+    """
     span = record.calibrated_range
     row = CertificateRow(
         number=record.number,
@@ -186,7 +197,7 @@ def save_certificate(
         mpe=record.mpe,
         passed=record.passed,
         procedure=record.procedure,
-        unit=model.unit if model else None,
+        unit=model.unit if model else unit,
         points=json.dumps(
             [
                 [p.indication, p.correction, p.expanded_uncertainty, p.coverage_factor]
@@ -256,10 +267,14 @@ def resolve_channel_chains(
     """The calibration chain at `at` of every channel with a certificate, by ``instr/channel``.
 
     Reads the register once; the pipeline then checks each reading's time against the
-    chain's validity window (`ChannelChain.broken_at`).
+    chain's validity window (`ChannelChain.broken_at`) and each indication against the range
+    the chain covers in the channel's unit. A channel's certificate that the station file
+    does not state is loaded from the register (`channel_certificate`) and carried by the
+    chain; one the file states wins over a register entry of the same number (logged).
     """
     records = load_records(engine)
     standards = load_standards(engine)
+    in_file = {cert.id for cert in config.certificate}
     chains: dict[str, ChannelChain] = {}
     for instrument in config.instrument:
         for channel in instrument.channel:
@@ -267,8 +282,110 @@ def resolve_channel_chains(
                 continue
             subject = f"{instrument.id}/{channel.id}"
             result = resolve_chain(subject, at, records=records, standards=standards)
-            chains[subject] = ChannelChain.from_result(channel.certificate, result)
+            model = _register_model(engine, subject, channel.certificate, channel.unit, in_file)
+            chains[subject] = ChannelChain.from_result(
+                channel.certificate, result, unit=channel.unit, certificate=model
+            )
     return chains
+
+
+def _register_model(
+    engine: Engine, subject: str, number: str, unit: str, in_file: set[str]
+) -> Certificate | VerificationCertificate | None:
+    """The register's model of a channel's certificate when the file does not state it."""
+    row = _row(engine, number)
+    if number in in_file:
+        if row is not None:
+            log.info(
+                "certificate %s: the station file's entry is used for %s; the register's "
+                "entry of that number is ignored for correction",
+                number,
+                subject,
+            )
+        return None
+    if row is None:
+        log.error(
+            "channel %s: certificate %s is neither in the station file nor in the register: "
+            "its readings are flagged NO_CERTIFICATE",
+            subject,
+            number,
+        )
+        return None
+    model: Certificate | VerificationCertificate | None = None
+    refusal = ""
+    try:
+        model = channel_certificate(row, unit)
+    except RegisterError as exc:
+        refusal = str(exc)  # the entry's fault, not a bug: logged without a traceback
+    if model is None:
+        log.error("channel %s: %s: its readings are flagged NO_CERTIFICATE", subject, refusal)
+        return None
+    log.info("channel %s: certificate %s loaded from the register (%s)", subject, number, row.kind)
+    return model
+
+
+def channel_certificate(row: CertificateRow, unit: str) -> Certificate | VerificationCertificate:
+    """The model a channel in `unit` corrects (calibration) or is bounded (verification) with.
+
+    A calibration's points are stored in normal form; a verification's MPE is the constant
+    `mpe` in its unit, applying within its range (the register keeps no class rule).
+
+    Raises:
+        RegisterError: the entry cannot correct nor bound the channel (no points, no MPE,
+            another unit, or numbers the model refuses); the message says which.
+    """
+    where = f"register certificate {row.number}"
+    record = _record(row)
+    certificate_unit = row.unit or row.range_unit
+    if certificate_unit != unit:
+        raise RegisterError(f'{where} is in "{certificate_unit}", the channel in "{unit}"')
+    try:
+        if row.kind == "verification":
+            return _verification_model(row, unit, record)
+        points = json.loads(row.points)
+        if not points:
+            raise RegisterError(f"{where} has no points to correct with")
+        return Certificate(
+            certificate_id=row.number,
+            unit=unit,
+            issuer=row.issuer,
+            kind=record.kind,
+            valid_from=record.issued,
+            valid_until=record.expires,
+            points=tuple(
+                CalibrationPoint(
+                    indication=x, correction=c, expanded_uncertainty=big_u, coverage_factor=k
+                )
+                for x, c, big_u, k in points
+            ),
+            point_correlation=row.point_correlation,
+            interpolation_u=row.interpolation_u,
+        )
+    except CalibrationError as exc:
+        raise RegisterError(f"{where}: {exc}") from exc
+
+
+def _verification_model(
+    row: CertificateRow, unit: str, record: CertificateRecord
+) -> VerificationCertificate:
+    if row.mpe is None:
+        raise RegisterError(f"register certificate {row.number} states no MPE (mpe)")
+    low = row.range_min if row.range_min is not None else -math.inf
+    high = row.range_max if row.range_max is not None else math.inf
+    return VerificationCertificate(
+        certificate_id=row.number,
+        unit=unit,
+        issuer=row.issuer,
+        valid_from=record.issued,
+        valid_until=record.expires,
+        mpe=Mpe(
+            description=f"MPE {row.mpe:g} {unit} of {row.number}",
+            absolute=row.mpe,
+            measuring_range=(low, high),
+            reference=row.procedure,
+        ),
+        passed=bool(row.passed),
+    )
 
 
 def _row(engine: Engine, number: str) -> CertificateRow | None:
@@ -494,7 +611,7 @@ def _cmd_certs_import(args: argparse.Namespace, engine: Engine) -> int:
         save_standard(engine, standard_from_config(entry))
     for certificate in register.certificate:
         record, model = record_from_config(certificate)
-        save_certificate(engine, record, model=model, source=path.name)
+        save_certificate(engine, record, model=model, source=path.name, unit=certificate.unit)
     _out(
         f"imported {len(register.standard)} standards and "
         f"{len(register.certificate)} certificates from {path}"

@@ -37,6 +37,7 @@ UNTRACEABLE_FLAGS = frozenset(
         "OUT_OF_CALIBRATED_RANGE",
         "UNIT_MISMATCH",
         "CHAIN_BROKEN",
+        "OUT_OF_CHAIN_RANGE",
     }
 )
 

@@ -207,6 +207,14 @@ def test_verification_certificates_are_not_applied() -> None:
         correct(750.0, certificate, 0.01)
 
 
+def test_an_in_house_calibration_corrects_like_an_external_one() -> None:
+    # 自校 (in-house calibration) states corrections like any calibration certificate.
+    in_house = correct([600.0, 750.0], make_certificate(kind="in-house"), 0.01)
+    external = correct([600.0, 750.0], make_certificate(), 0.01)
+    np.testing.assert_array_equal(in_house.value, external.value)
+    np.testing.assert_array_equal(in_house.standard_uncertainty, external.standard_uncertainty)
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [

@@ -97,11 +97,23 @@ def test_references_are_checked() -> None:
         "resolution = 0.01", 'resolution = 0.01\ncertificate = "CAL-1"'
     )
     found = problems_of(text)
-    assert 'station.toml:11: instrument[0].bus: no bus "com9" (known: com1)' in found
+    assert found == ['station.toml:11: instrument[0].bus: no bus "com9" (known: com1)']
+
+
+def test_a_certificate_not_in_the_file_is_a_warning_for_the_register(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "station.toml"
+    path.write_text(
+        MINIMAL.replace("resolution = 0.01", 'resolution = 0.01\ncertificate = "CAL-1"')
+    )
+    assert main(["check-config", str(path)]) == 0
+    out = capsys.readouterr().out
     assert (
-        "station.toml:20: instrument[0].channel[0].certificate: "
-        'no certificate "CAL-1" in this file'
-    ) in found
+        f'warning: {path}:20: instrument[0].channel[0].certificate: no certificate "CAL-1" '
+        "in this file: the daemon will look it up in the station's register"
+    ) in out
+    assert f"{path}: OK" in out
 
 
 def test_modbus_source_must_exist_in_the_register_map() -> None:
@@ -177,21 +189,3 @@ def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
     assert main(["check-config", str(tmp_path / "absent.toml")]) == 1
     assert "cannot read file" in capsys.readouterr().err
-
-
-def test_a_verification_certificate_cannot_correct_a_channel() -> None:
-    text = (
-        MINIMAL.replace("resolution = 0.01", 'resolution = 0.01\ncertificate = "V1"')
-        + """
-[[certificate]]
-id = "V1"
-kind = "verification"
-valid_from = 2026-01-01
-valid_until = 2027-01-01
-unit = "g"
-points = [{ x = 1.0, c = 0.0, U = 0.1 }]
-"""
-    )
-    found = problems_of(text)
-    assert len(found) == 1
-    assert "instrument[0].channel[0].certificate: V1 is a verification certificate" in found[0]
