@@ -435,6 +435,11 @@ class FaultBench:
         [(seq,)] = self._query("SELECT coalesce(max(seq), 0) FROM readings") or [(0,)]
         return int(seq)
 
+    def head(self) -> tuple[int, str]:
+        """The highest committed seq and its hash ((0, "") before the first commit)."""
+        found = self._query("SELECT seq, hash FROM readings ORDER BY seq DESC LIMIT 1")
+        return (int(found[0][0]), str(found[0][1])) if found else (0, "")
+
     def rows(self) -> list[tuple[int, str, bytes]]:
         return [
             (int(seq), str(hash_), bytes(body))
@@ -450,6 +455,19 @@ class FaultBench:
 
     def status(self) -> dict[str, Any]:
         return read_status(self.data_dir) or {}
+
+    def states(self) -> dict[str, str]:
+        """Each instrument's state from the status file (empty before the first status)."""
+        instruments = self.status().get("instruments", {})
+        return {name: str(health.get("state")) for name, health in instruments.items()}
+
+    async def all_ok(self, timeout: float = 30.0) -> None:
+        """Wait until every instrument is polled successfully."""
+        await self.until(
+            lambda: (s := self.states()) and set(s.values()) == {"ok"},
+            "every instrument ok",
+            timeout=timeout,
+        )
 
     async def fresh_status(self, timeout: float = 30.0) -> dict[str, Any]:
         """The first status file written after this call."""

@@ -16,6 +16,7 @@ from tests.faults.netns import cable
 from tests.services import free_port
 
 FREEZE = float(os.environ.get("FAULTS_FREEZE_SECONDS", "60"))
+SOAK_FREEZE = float(os.environ.get("FAULTS_SOAK_FREEZE_SECONDS", "900"))
 CUT = float(os.environ.get("FAULTS_CUT_SECONDS", "30"))
 OUTAGE = 5.0  # s the killed broker stays down
 
@@ -43,6 +44,15 @@ async def test_broker_killed_and_restarted(bench: FaultBench) -> None:
 
 
 async def test_broker_frozen(bench: FaultBench) -> None:
+    await freeze_broker(bench, "broker-frozen", FREEZE)
+
+
+@pytest.mark.soak
+async def test_soak_broker_frozen(bench: FaultBench) -> None:
+    await freeze_broker(bench, "soak-broker-frozen", SOAK_FREEZE)
+
+
+async def freeze_broker(bench: FaultBench, scenario: str, freeze: float) -> None:
     await readings_of_several_buses(bench)
     await bench.start()
     await bench.wait_stored(50)
@@ -50,8 +60,8 @@ async def test_broker_frozen(bench: FaultBench) -> None:
     bench.broker.freeze()  # SIGSTOP: TCP stays up, nothing is answered
     try:
         before, fds = bench.stored_seq(), [bench.open_files()]
-        for _ in range(math.ceil(FREEZE)):  # a reconnect every publish_timeout meanwhile
-            await asyncio.sleep(FREEZE / math.ceil(FREEZE))
+        for _ in range(math.ceil(freeze)):  # a reconnect every publish_timeout meanwhile
+            await asyncio.sleep(freeze / math.ceil(freeze))
             fds.append(bench.open_files())
         during = bench.stored_seq() - before
         frozen = bench.status()
@@ -67,8 +77,8 @@ async def test_broker_frozen(bench: FaultBench) -> None:
         timeout=120.0,
     )
     counts = await bench.finish(
-        "broker-frozen",
-        freeze_s=FREEZE,
+        scenario,
+        freeze_s=freeze,
         publish_timeout_s=bench.upstream_settings["publish_timeout"],
         keepalive_s=bench.upstream_settings["keepalive"],
         stored_during_freeze=during,
