@@ -79,13 +79,17 @@ class MosquittoTls:
 
 @dataclass
 class Mosquitto:
-    """A mosquitto broker of the test's own; with `tls`, a TLS listener on `tls_port` too."""
+    """A mosquitto broker of the test's own; with `tls`, a TLS listener on `tls_port` too.
+
+    `extra_conf` is appended to mosquitto.conf as it is (another listener, autosave).
+    """
 
     workdir: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     tls: MosquittoTls | None = None
     tls_port: int = field(default_factory=free_port)
+    extra_conf: str = ""
 
     @property
     def url(self) -> str:
@@ -115,6 +119,7 @@ class Mosquitto:
             "log_dest stderr\n"
             "log_type error\n"
             "log_type warning\n"
+            f"{self.extra_conf}"
         )
         binary = find_binary("mosquitto", "/usr/sbin/mosquitto")
         with (self.workdir / "mosquitto.log").open("ab") as log:
@@ -132,6 +137,13 @@ class Mosquitto:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: the broker dies at once, keeping only what it had saved to disk."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
         self.process = None
 
     def freeze(self) -> None:
