@@ -399,6 +399,11 @@ def _print_report(report: Any) -> None:  # noqa: ANN401 - a gateway.verify.Repor
         duplicates = f", {report.duplicates} repeats skipped" if report.duplicates else ""
         _print(f"  readings     {report.readings}{span}{duplicates}")
         _print(f"  checkpoints  {report.checkpoints}, keys from {report.keys_source}")
+        if report.pruned_seq:
+            _print(
+                f"  retention    seq 1..{report.pruned_seq} pruned; the chain is verified "
+                f"from the checkpoint signed at seq {report.pruned_seq}"
+            )
         if report.last_seq is not None:
             if report.covered_seq >= report.last_seq:
                 _print(f"  signed       up to seq {report.covered_seq} (the last)")

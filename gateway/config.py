@@ -52,6 +52,10 @@ class StoreSection(_Model):
     url: str | None = None
     batch_max: int = Field(default=5000, ge=1, le=100_000)
     batch_latency: float = Field(default=0.05, ge=0, le=10)
+    # Retention: forwarded readings older than this many days are deleted (None: kept for
+    # ever); unforwarded ones never. Checked every `prune_interval` seconds.
+    retain_days: float | None = Field(default=None, gt=0, le=36_500)
+    prune_interval: PositiveSeconds = 3600.0
 
     @field_validator("url")
     @classmethod

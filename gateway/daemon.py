@@ -29,7 +29,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -294,6 +294,7 @@ class Station:
             asyncio.create_task(self._watchdog(), name="watchdog"),
             asyncio.create_task(self._status_file_loop(), name="status file"),
             asyncio.create_task(self._reload_loop(), name="reload"),
+            asyncio.create_task(self._retention_loop(store), name="retention"),
         ]
         waits = [
             asyncio.create_task(stop.wait(), name="stop"),
@@ -343,6 +344,33 @@ class Station:
             checkpointer.covered_seq,
         )
         return status
+
+    async def _retention_loop(self, store: AsyncStore) -> None:
+        """Prune forwarded readings older than ``[store] retain_days``, every prune_interval."""
+        settings = self.config.store
+        if settings.retain_days is None:
+            return
+        while True:
+            await self.prune(store, settings.retain_days)
+            await asyncio.sleep(settings.prune_interval)
+
+    async def prune(self, store: AsyncStore, retain_days: float) -> int:
+        """Delete what retention allows now (`gateway.store.Store.prune`); log what went."""
+        cutoff = rfc3339(datetime.now(UTC) - timedelta(days=retain_days))
+        try:
+            deleted, anchor = await store.call(store.store.prune, cutoff)
+        except StoreError as exc:
+            log.warning("retention: cannot prune (%s); retrying in the next round", exc)
+            return 0
+        if deleted:
+            log.info(
+                "retention: deleted %d forwarded readings older than %s, up to seq %d (the "
+                "checkpoint signed there anchors the kept chain)",
+                deleted,
+                cutoff,
+                anchor,
+            )
+        return deleted
 
     # -- buses and reload ------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import orjson
-from sqlalchemy import Engine, event, func, insert, inspect, select, update
+from sqlalchemy import Engine, delete, event, func, insert, inspect, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import SQLModel, create_engine
 
@@ -444,6 +444,83 @@ class Store:
                 return
             yield [_checkpoint(row) for row in rows]
             after = (int(rows[-1].seq), int(rows[-1].id))
+
+    # -- retention ----------------------------------------------------------------------
+
+    def prune(self, cutoff: str, *, chunk: int = 10_000) -> tuple[int, int]:
+        """Delete forwarded readings older than `cutoff`, up to a forwarded checkpoint.
+
+        Only readings that are all of these go: acknowledged by the broker, timed before
+        `cutoff` (RFC 3339 text, as stored), at or below a checkpoint that is itself stored
+        and acknowledged — the anchor — and below the chain head (the head stays, so a
+        restart continues the seq). The anchor's seq is recorded first (``pruned_seq`` in
+        station_meta), so a verification starts at the signed anchor checkpoint even after a
+        crash between two chunks. Unforwarded readings are never deleted.
+
+        Returns:
+            (readings deleted now, the anchor's seq; 0 when nothing may go).
+        """
+        anchor = self._prune_anchor(cutoff)
+        if anchor == 0:
+            return 0, self.pruned_seq()
+        deleted = 0
+        with self._guard("record the retention anchor"), self._engine.begin() as conn:
+            self._set_meta(conn, "pruned_seq", str(anchor))
+        while True:
+            with self._guard(f"prune readings up to seq {anchor}"), self._engine.begin() as conn:
+                low = conn.execute(select(func.min(_READINGS.c.seq))).scalar()
+                if low is None or int(low) > anchor:
+                    break
+                high = min(anchor, int(low) + chunk - 1)
+                result = conn.execute(delete(_READINGS).where(_READINGS.c.seq <= high))
+                deleted += int(result.rowcount or 0)
+        return deleted, anchor
+
+    def _prune_anchor(self, cutoff: str) -> int:
+        """The highest seq retention may delete through (0: none); see `prune`."""
+        forwarded = self.forwarded_seq()
+        checkpoints_forwarded = self.checkpoints_forwarded()
+        head, _hash = self.head()
+        query = (
+            select(func.max(_CHECKPOINTS.c.seq))
+            .select_from(_CHECKPOINTS.join(_READINGS, _READINGS.c.seq == _CHECKPOINTS.c.seq))
+            .where(
+                _CHECKPOINTS.c.seq <= forwarded,
+                _CHECKPOINTS.c.seq < head,
+                _CHECKPOINTS.c.id <= checkpoints_forwarded,
+                _CHECKPOINTS.c.station == self.station,
+                _READINGS.c.time < cutoff,
+            )
+        )
+        with self._guard("find the retention anchor"), self._engine.connect() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
+    def pruned_seq(self) -> int:
+        """The seq up to which retention deleted readings (0: none ever deleted)."""
+        with self._guard("read the retention anchor"), self._engine.connect() as conn:
+            value = conn.execute(select(_META.c.value).where(_META.c.key == "pruned_seq")).scalar()
+        return int(value or 0)
+
+    def pruned_anchor(self) -> Checkpoint | None:
+        """The checkpoint the kept readings continue from, when retention deleted any."""
+        seq = self.pruned_seq()
+        if seq == 0:
+            return None
+        query = (
+            select(_CHECKPOINTS)
+            .where(_CHECKPOINTS.c.seq == seq, _CHECKPOINTS.c.station == self.station)
+            .order_by(_CHECKPOINTS.c.id)
+            .limit(1)
+        )
+        with self._guard("read the retention anchor"), self._engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else _checkpoint(row)
+
+    @staticmethod
+    def _set_meta(conn: Any, key: str, value: str) -> None:  # noqa: ANN401 - a Connection
+        updated = conn.execute(update(_META).where(_META.c.key == key).values(value=value))
+        if not updated.rowcount:
+            conn.execute(insert(_META), [{"key": key, "value": value}])
 
     def _guard(self, action: str) -> "_Guard":
         return _Guard(action)

@@ -60,6 +60,8 @@ class Report:
         covered_seq: the highest seq vouched for by a checkpoint that verified (0: none).
         problem_count: every problem found.
         problems: the first `MAX_LISTED` problems, in seq order.
+        pruned_seq: readings up to this seq were deleted by the station's retention; the
+            chain is verified from the signed checkpoint at this seq (0: nothing pruned).
     """
 
     station: str
@@ -73,6 +75,7 @@ class Report:
     covered_seq: int
     problem_count: int
     problems: tuple[ChainProblem, ...]
+    pruned_seq: int = 0
 
     @property
     def ok(self) -> bool:
@@ -92,6 +95,7 @@ class Report:
             "first_seq": self.first_seq,
             "last_seq": self.last_seq,
             "covered_seq": self.covered_seq,
+            "pruned_seq": self.pruned_seq,
             "problem_count": self.problem_count,
             "problems": [
                 {"seq": p.seq, "kind": p.kind, "detail": p.detail} for p in self.problems
@@ -123,6 +127,7 @@ class ChainVerifier:
         *,
         window: int = PAGE_SIZE,
         start_seq: int = 0,
+        start_hash: str | None = None,
         max_listed: int = MAX_LISTED,
     ) -> None:
         """Start verifying.
@@ -136,6 +141,9 @@ class ChainVerifier:
                 a file that starts mid-stream, its lowest seq minus one: that first
                 reading's link cannot be checked, and earlier checkpoints are only checked
                 for their signature).
+            start_hash: the hash of reading `start_seq`, when known from a trusted source
+                (the signed checkpoint retention pruned up to): the first reading's link is
+                then checked against it.
             max_listed: how many problems to keep for the report.
         """
         self.station = station
@@ -143,9 +151,10 @@ class ChainVerifier:
         self._window = window
         self._max_listed = max_listed
         self._start_seq = start_seq
+        self._start_hash = start_hash
         self._prev_seq = start_seq
-        self._prev_hash = GENESIS_HASH
-        self._link_known = start_seq == 0
+        self._prev_hash = GENESIS_HASH if start_hash is None else start_hash
+        self._link_known = start_seq == 0 or start_hash is not None
         self._pending: dict[int, list[Mapping[str, Any]]] = {}
         self._pending_count = 0
         self._recent: dict[int, str] = {}
@@ -427,6 +436,7 @@ class ChainVerifier:
             covered_seq=self.covered_seq,
             problem_count=self.problem_count,
             problems=tuple(sorted(self.problems, key=lambda p: p.seq)),
+            pruned_seq=self._start_seq if self._start_hash is not None else 0,
         )
 
 
@@ -460,7 +470,26 @@ def verify_store(
         keys_source: how to name where `trusted` came from.
         page_size: readings (and checkpoints) per query.
     """
-    verifier = ChainVerifier(store.station, trusted, window=page_size)
+    anchor = store.pruned_anchor()
+    pruned = store.pruned_seq()
+    if pruned and anchor is None:
+        verifier = ChainVerifier(store.station, trusted, window=page_size, start_seq=pruned)
+        verifier.add_problem(
+            ChainProblem(
+                pruned,
+                "checkpoint",
+                f"seq {pruned}: retention pruned up to seq {pruned}, but the checkpoint it "
+                "kept there is missing: the first kept reading's link cannot be checked",
+            )
+        )
+    else:
+        verifier = ChainVerifier(
+            store.station,
+            trusted,
+            window=page_size,
+            start_seq=pruned,
+            start_hash=None if anchor is None else anchor.hash,
+        )
     checkpoints: Iterator[Checkpoint] = itertools.chain.from_iterable(
         store.checkpoint_pages(page_size)
     )

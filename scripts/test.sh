@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Install metrogate with its test extras into ./.venv, make sure the services the tests run
-# for real are installed (Debian's mosquitto and PostgreSQL; the tests start their own
+# for real are installed (Debian's mosquitto, PostgreSQL and libfaketime; the tests start their own
 # private instances on free loopback ports), then run the checks in STYLE.md's order:
 # ruff format, ruff check, mypy, lint-imports, pytest. Extra arguments go to pytest.
 source "$(dirname "$0")/_venv.sh"
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
+compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || need+=(faketime)
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     export DEBIAN_FRONTEND=noninteractive

@@ -238,6 +238,29 @@ class FaultBench:
             table("[[instrument]]", instrument) + "".join(c.toml() for c in channels)
         )
 
+    def remove_instrument(self, name: str) -> None:
+        """Take instrument `name` (and its own bus ``bus-NAME``) out of the station file."""
+        self._instruments = [t for t in self._instruments if f'id = "{name}"' not in t]
+        self._buses = [t for t in self._buses if f'id = "bus-{name}"' not in t]
+
+    def set_poll_interval(self, name: str, seconds: float) -> None:
+        """Change instrument `name`'s poll interval in the station file."""
+        self._instruments = [
+            "\n".join(
+                f"poll_interval = {seconds!r}" if line.startswith("poll_interval =") else line
+                for line in t.split("\n")
+            )
+            if f'id = "{name}"' in t
+            else t
+            for t in self._instruments
+        ]
+
+    async def reload(self) -> None:
+        """Write the station file again and SIGHUP the daemon (`systemctl reload`)."""
+        self.write_config()
+        assert self.process is not None
+        self.process.send_signal(signal.SIGHUP)
+
     async def _serial(
         self,
         name: str,

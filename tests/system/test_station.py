@@ -643,3 +643,25 @@ async def test_budget_of_a_stored_reading(bench: Bench) -> None:
     code, out, _err = await metrogate("budget", "--config", str(bench.config), str(volts["seq"]))
     assert code == 1
     assert "no budget: the channel names no certificate" in out
+
+
+async def test_retention_prunes_forwarded_readings_and_verify_starts_at_the_anchor(
+    bench: Bench,
+) -> None:
+    bench.configure(batch_latency="0.02\nretain_days = 0.00002\nprune_interval = 0.5")  # 1.7 s
+    with bench.config.open("a") as file:
+        file.write("\n[signing]\ncheckpoint_every = 20\ncheckpoint_interval = 0.5\n")
+    process = await bench.daemon()
+    async with asyncio.timeout(30):
+        while "retention: deleted" not in bench.log():
+            await asyncio.sleep(0.2)
+    await wait_stored(bench, 10)
+    await stop(process, bench)
+    rows, forwarded = stored(bench)
+    seqs = [row["seq"] for row in rows]
+    assert seqs[0] > 1  # pruned
+    assert seqs == list(range(seqs[0], seqs[-1] + 1))  # what is kept is contiguous
+    assert forwarded == seqs[-1]
+    code, out, _err = await metrogate("verify", "--config", str(bench.config))
+    assert code == 0, out
+    assert f"retention    seq 1..{seqs[0] - 1} pruned" in out
