@@ -266,7 +266,14 @@ class Forwarder:
         return client
 
     async def _session(self) -> None:
-        async with self._client() as client:
+        client = self._client()
+        try:
+            await self._connected_session(client)
+        finally:
+            _retrieve_late_disconnect(client)
+
+    async def _connected_session(self, client: aiomqtt.Client) -> None:
+        async with client:
             self.connected = True
             self._checkpoints_waiting = True  # one may have been cut off by the last session
             log.info("connected to broker %s", self._settings.broker)
@@ -399,3 +406,22 @@ class Forwarder:
         """Return once every reading up to `seq` is acknowledged (callers set a deadline)."""
         async with self._progress:
             await self._progress.wait_for(lambda: self.forwarded_seq >= seq)
+
+
+def _retrieve_late_disconnect(client: aiomqtt.Client) -> None:
+    """Retrieve the disconnect error aiomqtt may record after a session has ended.
+
+    When a session ends on a publish timeout (a frozen broker), paho notices the dead socket
+    only later and aiomqtt then sets an "Unexpected disconnection" exception on the old
+    client's disconnect future, which nobody awaits any more: asyncio would log "Future
+    exception was never retrieved" at ERROR when it is collected, alarming an operator for
+    a disconnection the forwarder has already handled.
+    """
+    future = getattr(client, "_disconnected", None)  # aiomqtt 2.x's private future
+    if isinstance(future, asyncio.Future):
+        future.add_done_callback(_consume)
+
+
+def _consume(future: "asyncio.Future[None]") -> None:
+    if not future.cancelled():
+        future.exception()

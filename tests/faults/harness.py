@@ -552,6 +552,7 @@ class FaultBench:
         log = self.log()
         assert code == 0, f"the daemon exited {code}:\n{log[-4000:]}"
         assert "Traceback" not in log, log[-8000:]
+        assert "never retrieved" not in log, log[-8000:]  # an error nobody handled
         assert caught_up, f"upstream stopped at seq {self.collected.contiguous()} of {produced}"
         assert produced > 0
         assert lost == 0, counts.line()
