@@ -146,6 +146,7 @@ async def test_sighup_reload(bench: FaultBench) -> None:
     bench.set_poll_interval("meter-1", 0.2)
     bench.remove_instrument("balance-2")
     await bench.dlt645_meter("meter-2", poll_interval=0.1)  # added
+    bench.upstream_settings["status_interval"] = 0.6  # takes effect at the next restart
     await bench.reload()
     await bench.until(lambda: "reload 1 applied" in bench.log(), "the reload applied")
     await asyncio.sleep(1.0)  # the removed balance's last poll is committed by now
@@ -167,6 +168,7 @@ async def test_sighup_reload(bench: FaultBench) -> None:
     assert "added ['bus-meter-2']" in log
     assert "removed ['bus-balance-2']" in log
     assert "instrument[3].id" in log  # the refused file's problem, by key
+    assert "reload: [upstream] changed; that takes effect at the next restart" in log
     rows = list(readings(bench))
     assert not [r for r in rows if r["instrument"] == "balance-2" and r["seq"] > reloaded_at]
     times = sorted(moment(r) for r in rows if r["instrument"] == "balance-1")
