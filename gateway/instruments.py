@@ -5,6 +5,7 @@ This is the one place that knows which driver class serves which ``driver = "…
 which transport serves which bus kind; adding a family means adding a line here.
 """
 
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Literal, cast
@@ -46,6 +47,7 @@ from gateway.config import (
     Instrument,
     LinearRule,
     ModbusRtuBus,
+    MpeRule,
     SerialBus,
     StationConfig,
     TransformerConfig,
@@ -62,6 +64,7 @@ __all__ = [
     "channel_specs",
     "link_opener",
     "make_driver",
+    "mpe_from_rule",
     "mpe_model",
     "resolve_register_map",
     "transformer_factor",
@@ -204,7 +207,29 @@ def mpe_model(cert: CertificateConfig) -> Mpe:
     Raises:
         CalibrationError: no rule, or a class the tables do not know.
     """
-    rule = cert.mpe
+    return mpe_from_rule(
+        cert.mpe, certificate_id=cert.id, unit=cert.unit, reference=cert.procedure
+    )
+
+
+def mpe_from_rule(
+    rule: MpeRule | float | None, *, certificate_id: str, unit: str, reference: str = ""
+) -> Mpe:
+    """The `Mpe` of a verification's ``mpe`` value: a rule table or a constant in `unit`.
+
+    The one place the station file's and the register's ``mpe`` become a model, so that a
+    certificate bounds a channel the same way wherever it is kept.
+
+    Args:
+        rule: the parsed ``mpe`` value (`gateway.config.MpeValue`), or None.
+        certificate_id: the certificate's number, for descriptions and errors.
+        unit: the certificate's unit (that of a constant MPE).
+        reference: the procedure followed (a constant's or linear rule's reference).
+
+    Raises:
+        CalibrationError: no rule, a constant that is not finite and > 0, or a class the
+            tables do not know.
+    """
     match rule:
         case EnergyMeterRule():
             return energy_meter_mpe(
@@ -224,20 +249,25 @@ def mpe_model(cert: CertificateConfig) -> Mpe:
             return transformer_mpe(rule.kind, rule.accuracy_class, load=rule.load)
         case LinearRule():
             return Mpe(
-                description=f"stated MPE of {cert.id}",
+                description=f"stated MPE of {certificate_id}",
                 absolute=rule.absolute,
                 percent_of_reading=rule.percent_of_reading,
                 percent_of_range=rule.percent_of_range,
                 full_scale=rule.full_scale,
-                reference=cert.procedure,
+                reference=reference,
             )
         case None:
-            raise CalibrationError(f"verification certificate {cert.id!r} states no MPE")
+            raise CalibrationError(f"verification certificate {certificate_id!r} states no MPE")
         case _:
+            if not (math.isfinite(rule) and rule > 0.0):
+                raise CalibrationError(
+                    f"verification certificate {certificate_id!r}: a constant MPE must be "
+                    f"finite and > 0, got {rule!r}"
+                )
             return Mpe(
-                description=f"MPE {rule:g} {cert.unit} of {cert.id}",
+                description=f"MPE {rule:g} {unit} of {certificate_id}",
                 absolute=float(rule),
-                reference=cert.procedure,
+                reference=reference,
             )
 
 

@@ -22,8 +22,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from pydantic import Field, ValidationError
-from sqlalchemy import Engine, select
+from pydantic import Field, TypeAdapter, ValidationError
+from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, SQLModel
 
@@ -35,7 +35,6 @@ from calibration import (
     CertificateRecord,
     ChainResult,
     Level,
-    Mpe,
     Route,
     Standard,
     VerificationCertificate,
@@ -43,11 +42,14 @@ from calibration import (
     expiring,
     parse_dcc,
     resolve_chain,
+    within,
 )
 from calibration.chain import LEVELS, ROUTES
 from gateway.config import (
     CertificateConfig,
     Identifier,
+    MpeRule,
+    MpeValue,
     PointConfig,
     StationConfig,
     _end_of,
@@ -56,6 +58,7 @@ from gateway.config import (
     load_config,
 )
 from gateway.errors import ConfigError, GatewayError, StoreError
+from gateway.instruments import mpe_from_rule
 from gateway.models import CertificateRow, StandardRow
 from gateway.pipeline import ChannelChain
 from gateway.store import create_store_engine
@@ -82,6 +85,7 @@ __all__ = [
 #: gains ``[register] expiry_warning_days`` (gateway.config is not this change's to edit).
 DEFAULT_EXPIRY_WARNING_DAYS = 30.0
 log = logging.getLogger(__name__)
+_MPE_VALUE: TypeAdapter[MpeRule | float] = TypeAdapter(MpeValue)
 _TABLES = [StandardRow.__table__, CertificateRow.__table__]  # type: ignore[attr-defined]  # SQLModel sets it
 
 
@@ -103,7 +107,10 @@ class RegisterCertificateConfig(CertificateConfig):
     """``[[certificate]]`` in a register file: the station file's form plus the chain's.
 
     `valid_until` may be left out when `interval_days` gives the recalibration interval from
-    `issued` (default: `valid_from`). A verification needs no points but states `passed`.
+    `issued` (default: `valid_from`). A verification needs no points but states `passed` and
+    its `mpe` in the station file's forms (`gateway.config.MpeValue`): a constant in `unit`
+    or a rule table (energy-meter, balance, transformer, linear), bounding a channel exactly
+    as the same entry in the station file would.
     """
 
     subject: str = Field(min_length=1, max_length=130)
@@ -115,7 +122,6 @@ class RegisterCertificateConfig(CertificateConfig):
     range: tuple[float, float] | None = None
     range_unit: str | None = None
     accuracy_class: str | None = None
-    mpe: float | None = Field(default=None, gt=0)
     passed: bool | None = None
     procedure: str = ""
     points: list[PointConfig] = Field(default_factory=list)
@@ -137,17 +143,42 @@ def _time(text: str | None) -> datetime | None:
 
 
 def open_register(url: str) -> Engine:
-    """Open the store at `url` and create the register's tables if missing.
+    """Open the store at `url`, create the register's tables if missing, add new columns.
+
+    A database created by an earlier version has the tables without the columns added
+    since (`_ADDED_COLUMNS`); each is added with ``ALTER TABLE … ADD COLUMN`` (SQLite and
+    PostgreSQL alike), empty in the existing rows, which read as before.
 
     Raises:
-        StoreError: the database cannot be opened.
+        StoreError: the database cannot be opened or upgraded.
     """
     try:
         engine = create_store_engine(url)
         SQLModel.metadata.create_all(engine, tables=_TABLES, checkfirst=True)
+        _add_missing_columns(engine)
     except (SQLAlchemyError, OSError) as exc:
         raise StoreError(f"cannot open the register at {url}: {exc}") from exc
     return engine
+
+
+#: Columns added to the register's tables after the first release: (table, column, type).
+_ADDED_COLUMNS = (("register_certificates", "mpe_rule", "TEXT"),)
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Add each of `_ADDED_COLUMNS` that the database lacks (a database of an older version)."""
+    for table, column, sql_type in _ADDED_COLUMNS:
+        if column in {c["name"] for c in inspect(engine).get_columns(table)}:
+            continue
+        try:
+            with engine.begin() as connection:
+                # Names are this module's constants, never input: no injection.
+                connection.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
+        except SQLAlchemyError:
+            # Another process (the daemon, a second CLI) may have added it in between.
+            if column not in {c["name"] for c in inspect(engine).get_columns(table)}:
+                raise
+        log.info("register: added column %s.%s (database of an earlier version)", table, column)
 
 
 def save_standard(engine: Engine, standard: Standard) -> None:
@@ -173,10 +204,13 @@ def save_certificate(
     model: Certificate | None = None,
     source: str = "",
     unit: str | None = None,
+    mpe: MpeRule | float | None = None,
 ) -> None:
     """Insert or replace `record`, with the points of its calibration `model` if any.
 
-    `unit` is the certificate's unit when it has no model (a verification's MPE is in it).
+    `unit` is the certificate's unit when it has no model (a verification's MPE is in it);
+    `mpe` is a verification's MPE as the import file states it (a rule or a constant),
+    stored as JSON so that a channel can be bounded by it (`channel_certificate`).
     """
     span = record.calibrated_range
     row = CertificateRow(
@@ -195,6 +229,7 @@ def save_certificate(
         range_unit=span.unit if span else None,
         accuracy_class=record.accuracy_class,
         mpe=record.mpe,
+        mpe_rule=_mpe_json(mpe),
         passed=record.passed,
         procedure=record.procedure,
         unit=model.unit if model else unit,
@@ -211,6 +246,27 @@ def save_certificate(
     with Session(engine) as session:
         session.merge(row)
         session.commit()
+
+
+def _mpe_json(mpe: MpeRule | float | None) -> str | None:
+    """The ``mpe`` value as JSON, keys as in the file (``class``), or None."""
+    if mpe is None:
+        return None
+    if isinstance(mpe, int | float):
+        return json.dumps(float(mpe))
+    return json.dumps(mpe.model_dump(mode="json", by_alias=True), sort_keys=True)
+
+
+def _mpe_value(row: CertificateRow) -> MpeRule | float | None:
+    """The row's MPE: its stored rule, else its constant (rows from before `mpe_rule`)."""
+    if row.mpe_rule is None:
+        return row.mpe
+    try:
+        return _MPE_VALUE.validate_python(json.loads(row.mpe_rule))
+    except (ValueError, ValidationError) as exc:
+        raise RegisterError(
+            f"register certificate {row.number}: stored MPE {row.mpe_rule} is not a rule: {exc}"
+        ) from exc
 
 
 def _standard(row: StandardRow) -> Standard:
@@ -368,21 +424,26 @@ def channel_certificate(row: CertificateRow, unit: str) -> Certificate | Verific
 def _verification_model(
     row: CertificateRow, unit: str, record: CertificateRecord
 ) -> VerificationCertificate:
-    if row.mpe is None:
+    rule = _mpe_value(row)
+    if rule is None:
         raise RegisterError(f"register certificate {row.number} states no MPE (mpe)")
-    low = row.range_min if row.range_min is not None else -math.inf
-    high = row.range_max if row.range_max is not None else math.inf
+    verified = (
+        (
+            row.range_min if row.range_min is not None else -math.inf,
+            row.range_max if row.range_max is not None else math.inf,
+        )
+        if row.range_min is not None or row.range_max is not None
+        else None
+    )
     return VerificationCertificate(
         certificate_id=row.number,
         unit=unit,
         issuer=row.issuer,
         valid_from=record.issued,
         valid_until=record.expires,
-        mpe=Mpe(
-            description=f"MPE {row.mpe:g} {unit} of {row.number}",
-            absolute=row.mpe,
-            measuring_range=(low, high),
-            reference=row.procedure,
+        mpe=within(
+            mpe_from_rule(rule, certificate_id=row.number, unit=unit, reference=row.procedure),
+            verified,
         ),
         passed=bool(row.passed),
     )
@@ -429,9 +490,24 @@ def record_from_config(
 ) -> tuple[CertificateRecord, Certificate | None]:
     """The record of a ``[[certificate]]`` entry and, for one with points, its correction model.
 
+    A verification's `mpe` (constant or rule), when stated, is checked by building it as a
+    channel would; the record keeps a constant MPE as a number (`save_certificate` stores the
+    rule itself). A verification without one is a valid link of a chain; only a channel
+    resting on it needs an MPE (`channel_certificate` says so).
+
     Raises:
-        CalibrationError: the entry is not a valid certificate.
+        CalibrationError: the entry is not a valid certificate, or a verification's MPE
+            cannot be built (a constant <= 0, a class the tables do not know).
     """
+    if config.kind == "verification" and config.mpe is not None:
+        mpe_from_rule(
+            config.mpe, certificate_id=config.id, unit=config.unit, reference=config.procedure
+        )
+    elif config.mpe is not None and not isinstance(config.mpe, int | float):
+        raise CalibrationError(
+            f"certificate {config.id!r}: an MPE rule is only for kind verification (this is a "
+            f"{config.kind}; a number is kept as the stated MPE)"
+        )
     model = None
     if config.points:
         if config.valid_until is not None:
@@ -475,7 +551,7 @@ def record_from_config(
         made_with=tuple(config.made_with),
         calibrated_range=span,
         accuracy_class=config.accuracy_class,
-        mpe=config.mpe,
+        mpe=float(config.mpe) if isinstance(config.mpe, int | float) else None,
         passed=config.passed,
         procedure=config.procedure,
     )
@@ -611,7 +687,14 @@ def _cmd_certs_import(args: argparse.Namespace, engine: Engine) -> int:
         save_standard(engine, standard_from_config(entry))
     for certificate in register.certificate:
         record, model = record_from_config(certificate)
-        save_certificate(engine, record, model=model, source=path.name, unit=certificate.unit)
+        save_certificate(
+            engine,
+            record,
+            model=model,
+            source=path.name,
+            unit=certificate.unit,
+            mpe=certificate.mpe if certificate.kind == "verification" else None,
+        )
     _out(
         f"imported {len(register.standard)} standards and "
         f"{len(register.certificate)} certificates from {path}"
