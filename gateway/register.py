@@ -12,6 +12,7 @@ is owned by another change in flight; they belong beside `CertificateConfig` (ST
 """
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -79,6 +80,7 @@ __all__ = [
     "resolve_channel_chains",
     "save_certificate",
     "save_standard",
+    "transformer_certificate",
 ]
 
 #: Days ahead that ``certs list`` and ``chain`` warn of an expiry, until the station file
@@ -339,16 +341,40 @@ def resolve_channel_chains(
             subject = f"{instrument.id}/{channel.id}"
             result = resolve_chain(subject, at, records=records, standards=standards)
             model = _register_model(engine, subject, channel.certificate, channel.unit, in_file)
-            chains[subject] = ChannelChain.from_result(
+            chain = ChannelChain.from_result(
                 channel.certificate, result, unit=channel.unit, certificate=model
             )
+            transformers = tuple(
+                found
+                for name in ("ct", "vt")
+                if (transformer := getattr(channel, name)) is not None
+                and transformer.certificate is not None
+                and (
+                    found := _register_model(
+                        engine, f"{subject} {name.upper()}", transformer.certificate, None, in_file
+                    )
+                )
+                is not None
+            )
+            chains[subject] = dataclasses.replace(chain, transformer_certificates=transformers)
     return chains
 
 
 def _register_model(
-    engine: Engine, subject: str, number: str, unit: str, in_file: set[str]
+    engine: Engine,
+    subject: str,
+    number: str,
+    unit: str | None,
+    in_file: set[str],
+    *,
+    required: bool = True,
 ) -> Certificate | VerificationCertificate | None:
-    """The register's model of a channel's certificate when the file does not state it."""
+    """The register's model of a channel's certificate when the file does not state it.
+
+    `unit` is the channel's; None for a CT's or VT's certificate (`transformer_certificate`).
+    A certificate not `required` (a CT's or VT's next to its class, which bounds the ratio
+    by itself) is not an error when the register lacks it.
+    """
     row = _row(engine, number)
     if number in in_file:
         if row is not None:
@@ -358,6 +384,8 @@ def _register_model(
                 number,
                 subject,
             )
+        return None
+    if row is None and not required:
         return None
     if row is None:
         log.error(
@@ -370,11 +398,16 @@ def _register_model(
     model: Certificate | VerificationCertificate | None = None
     refusal = ""
     try:
-        model = channel_certificate(row, unit)
+        model = (
+            channel_certificate(row, unit) if unit is not None else transformer_certificate(row)
+        )
     except RegisterError as exc:
         refusal = str(exc)  # the entry's fault, not a bug: logged without a traceback
     if model is None:
-        log.error("channel %s: %s: its readings are flagged NO_CERTIFICATE", subject, refusal)
+        consequence = (
+            "its readings are flagged NO_CERTIFICATE" if required else "its class bounds the ratio"
+        )
+        log.error("channel %s: %s: %s", subject, refusal, consequence)
         return None
     log.info("channel %s: certificate %s loaded from the register (%s)", subject, number, row.kind)
     return model
@@ -421,8 +454,29 @@ def channel_certificate(row: CertificateRow, unit: str) -> Certificate | Verific
         raise RegisterError(f"{where}: {exc}") from exc
 
 
+def transformer_certificate(row: CertificateRow) -> Certificate | VerificationCertificate:
+    """The model a CT's or VT's ratio rests on, as `gateway.instruments.transformer_factor` uses.
+
+    A verification bounds the ratio by its MPE (in % of it; not narrowed to a `range`, as in
+    the station file); a calibration must be in ``"%"`` (ratio errors at loads in % of
+    rated), as check-config demands of the station file's.
+
+    Raises:
+        RegisterError: the entry cannot bound the ratio; the message says why.
+    """
+    unit = row.unit or row.range_unit or ""
+    if row.kind == "verification":
+        return _verification_model(row, unit or "1", _record(row), narrow=False)
+    if unit != "%":
+        raise RegisterError(
+            f'register certificate {row.number}: a transformer calibration certificate is in "%"'
+            f' (ratio error at loads in % of rated), not "{unit}"'
+        )
+    return channel_certificate(row, "%")
+
+
 def _verification_model(
-    row: CertificateRow, unit: str, record: CertificateRecord
+    row: CertificateRow, unit: str, record: CertificateRecord, *, narrow: bool = True
 ) -> VerificationCertificate:
     rule = _mpe_value(row)
     if rule is None:
@@ -432,7 +486,7 @@ def _verification_model(
             row.range_min if row.range_min is not None else -math.inf,
             row.range_max if row.range_max is not None else math.inf,
         )
-        if row.range_min is not None or row.range_max is not None
+        if narrow and (row.range_min is not None or row.range_max is not None)
         else None
     )
     return VerificationCertificate(
