@@ -320,7 +320,7 @@ def load_records(engine: Engine) -> list[CertificateRecord]:
 
 
 def resolve_channel_chains(
-    engine: Engine, config: StationConfig, at: datetime
+    engine: Engine, config: StationConfig, at: datetime, *, only: str | None = None
 ) -> dict[str, ChannelChain]:
     """The calibration chain at `at` of every channel with a certificate, by ``instr/channel``.
 
@@ -328,7 +328,9 @@ def resolve_channel_chains(
     chain's validity window (`ChannelChain.broken_at`) and each indication against the range
     the chain covers in the channel's unit. A channel's certificate that the station file
     does not state is loaded from the register (`channel_certificate`) and carried by the
-    chain; one the file states wins over a register entry of the same number (logged).
+    chain; one the file states wins over a register entry of the same number (logged). So
+    are the channel's CT and VT certificates (`transformer_certificate`). `only` limits the
+    work to one ``instr/channel`` (``metrogate budget`` explains one reading).
     """
     records = load_records(engine)
     standards = load_standards(engine)
@@ -339,6 +341,8 @@ def resolve_channel_chains(
             if channel.certificate is None:
                 continue
             subject = f"{instrument.id}/{channel.id}"
+            if only is not None and subject != only:
+                continue
             result = resolve_chain(subject, at, records=records, standards=standards)
             model = _register_model(engine, subject, channel.certificate, channel.unit, in_file)
             chain = ChannelChain.from_result(
