@@ -80,8 +80,10 @@ class Certificate:
         valid_from: first instant of validity (timezone-aware).
         valid_until: last instant of validity (timezone-aware), inclusive.
         points: corrections at indications, sorted by strictly increasing indication.
-        point_correlation: r between the standard uncertainties of adjacent points,
-            0 <= r <= 1; r = 1 is U interpolated linearly (conservative, the default).
+        point_correlation: r between the standard uncertainties of any two points,
+            0 <= r <= 1; the piecewise model uses it for adjacent points (r = 1 is U
+            interpolated linearly, conservative, the default), the polynomial fit for every
+            pair (generalised least squares, `calibration.polynomial`).
         interpolation_u: an explicit standard uncertainty for interpolating between points,
             in `unit`, or None for the default rule |ΔC|·t(1-t)/√3 (see `calibration.models`).
     """
@@ -153,7 +155,7 @@ class Certificate:
             abscissa: ``"indication"`` or ``"reference"``: what x is.
             convention: ``"correction"`` or ``"error"``: what the second column is.
             points: at least one (x, C or E, U, k); finite numbers, U > 0, k > 0, distinct x.
-            point_correlation: r between adjacent points' standard uncertainties, in [0, 1].
+            point_correlation: r between any two points' standard uncertainties, in [0, 1].
             interpolation_u: explicit interpolation standard uncertainty in `unit` (>= 0),
                 or None for the default rule.
 

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Weighted least-squares polynomial correction from certificate points, with its covariance.
+"""Least-squares polynomial correction from certificate points, with its covariance.
 
 Measurement model (GUM 4.1.1) for an indication x in the certificate's unit:
 
@@ -8,21 +8,43 @@ Measurement model (GUM 4.1.1) for an indication x in the certificate's unit:
 with x_0 and s the centre and half-width of the calibrated range (scaling keeps the normal
 matrix well conditioned; the a_k are all in the certificate's unit).
 
-- Fit (ISO/TS 28037:2010 6 for the straight line, the same algebra for degree m; GUM H.3 and
-  JCGM 100 5.2.2 for the covariance): the corrections C_i at indications x_i with
-  u_i = U_i/k_i are taken as independent and weighted by 1/u_i²; â = (XᵀWX)⁻¹XᵀWC with
-  V(â) = (XᵀWX)⁻¹, computed through a QR factorization of W^(1/2)X. The certificate's
-  `point_correlation` belongs to the piecewise model and is not used here.
-- Goodness of fit: χ² = Σ (C_i - c(x_i))²/u_i² with nu = n - (m + 1) degrees of freedom,
-  the Birge ratio R_B = √(χ²/nu) and the p-value P(χ²_nu >= χ²). The u_i are the
-  certificate's and are taken as known, so V(â) is *not* rescaled by χ²/nu (GUM H.3 does
-  rescale, because there the u_i are unknown and estimated from the residuals). Instead, a
-  fit whose p-value is below `significance` (default 0.05) raises `FitError`: a polynomial
-  that does not describe the points within their uncertainties would understate u(c(x))
-  everywhere, and a correction model is chosen once, at configuration, where an error is
-  the right signal. Pass ``significance=0`` to explore degrees; the statistics are kept
-  on the fit and on the error. With nu = 0 (degree n - 1) no test is possible: R_B and the
-  p-value are NaN.
+- Fit: generalised least squares with the full covariance of the points (ISO/TS 28037:2010
+  8, the Gauss-Markov model; GUM H.3 and JCGM 100 5.2.2 for the covariance). The corrections
+  C_i at indications x_i have u_i = U_i/k_i and, between any two points, the certificate's
+  `point_correlation` r: V = D R D with D = diag(u_i) and R = (1 - r) I + r 11ᵀ (1 on the
+  diagonal, r elsewhere; the piecewise model only ever combines adjacent points, so
+  "adjacent" there and "every pair" here are the same statement). For 0 <= r < 1, R has the
+  eigenvalues 1 - r and 1 + (n - 1)r, so V is positive definite, and
+  â = (XᵀV⁻¹X)⁻¹XᵀV⁻¹C with V(â) = (XᵀV⁻¹X)⁻¹, computed by whitening with the Cholesky
+  factor L of R (V = (DL)(DL)ᵀ) and a QR factorization of L⁻¹D⁻¹X. r = 0 is the weighted
+  fit with weights 1/u_i².
+- r = 1 (V = d dᵀ, d = (u_i), singular) is taken as what it says: each point's whole
+  uncertainty is one effect common to all points (e.g. the reference standard's
+  calibration), a common offset of u_i·δ with δ ~ N(0, 1) that no fit can average down.
+  The limit r → 1 of the formulas above is no answer: where the u_i differ, GLS uses their
+  differences to *solve* for δ and V(â) tends to 0 — the points would claim to pin c(x)
+  exactly. A regularisation r = 1 - ε inherits that (u(c) ~ √ε) and was rejected. Instead
+  the fit weights the points by 1/u_i² (the weighting every r < 1 gives the independent
+  part (1 - r)D², which is the only part that carries scatter) and propagates the common
+  effect through that linear estimator G = (XᵀWX)⁻¹XᵀW: V(â) = G d dᵀ Gᵀ (GUM 5.2.2 with
+  r = 1). So u(c(x)) = |g(x)ᵀG d| is the least-squares polynomial through the u_i: with
+  equal u_i it is u everywhere (the GLS limit then exists and agrees), and where the u_i lie
+  on a polynomial of the fitted degree it is u interpolated along it, as the piecewise
+  model's r = 1 interpolates U linearly.
+- Goodness of fit: χ² = rᵀV⁻¹r of the residuals r = C - Xâ, with nu = n - (m + 1) degrees
+  of freedom, the Birge ratio R_B = √(χ²/nu) and the p-value P(χ²_nu >= χ²). With r = 1 the
+  points state no independent part to judge scatter against, and rᵀV⁺r of a rank-one V
+  judges nothing useful; χ² is then Σ r_i²/u_i², the test that the polynomial passes the
+  points within their stated uncertainties (the r = 0 statistic, the weakest of the r < 1
+  tests). The u_i are the certificate's and are taken as known, so V(â) is *not* rescaled
+  by χ²/nu (GUM H.3 does rescale, because there the u_i are unknown and estimated from the
+  residuals). Instead, a fit whose p-value is below `significance` (default 0.05) raises
+  `FitError`: a polynomial that does not describe the points within their uncertainties
+  would understate u(c(x)) everywhere, and a correction model is chosen once, at
+  configuration, where an error is the right signal. Pass ``significance=0`` to explore
+  degrees; the statistics are kept on the fit and on the error. With nu = 0 (degree n - 1)
+  no test is possible: R_B and the p-value are NaN. Note that a large r leaves little
+  independent scatter: points that scatter by their u_i fail the test for r near 1.
 - Correction: u_fit(x)² = gᵀV(â)g with g = (1, t, t², …) (GUM 5.2.2 eq. (13) in matrix
   form); resolution d/(2√3) (GUM F.2.2.1) and an optional type A term act through the
   indication with sensitivity 1 + dc/dx (GUM 5.1.3). Never extrapolates: outside
@@ -85,6 +107,8 @@ class PolynomialFit:
         dof: nu = n - (m + 1).
         birge_ratio: √(χ²/nu); NaN when nu = 0.
         p_value: P(χ²_nu >= χ²); NaN when nu = 0.
+        point_correlation: r between the points' standard uncertainties that the fit used
+            (the certificate's; 0 for a hand-made fit that does not say).
     """
 
     certificate_id: str
@@ -99,6 +123,7 @@ class PolynomialFit:
     dof: int
     birge_ratio: float
     p_value: float
+    point_correlation: float = 0.0
 
     def power_coefficients(self) -> tuple[FloatArray, FloatArray]:
         """Return (b, V(b)) of c(x) = Σ b_k x^k, b_k in unit^(1-k), for display and export.
@@ -119,7 +144,11 @@ class PolynomialFit:
 def fit_polynomial(
     certificate: Certificate, degree: int, *, significance: float = 0.05
 ) -> PolynomialFit:
-    """Fit c(x) of the given degree to a certificate's corrections by weighted least squares.
+    """Fit c(x) of the given degree to a certificate's corrections by least squares.
+
+    Generalised least squares with the points' covariance (their u_i and the certificate's
+    `point_correlation` r between every two points; see the module docstring, also for
+    r = 1). r = 0 is the weighted fit with weights 1/u_i².
 
     Args:
         certificate: a calibration or in-house certificate with at least degree + 1 points.
@@ -156,12 +185,9 @@ def fit_polynomial(
     center = 0.5 * (low + high)
     scale = 0.5 * (high - low) if high > low else 1.0
     design = np.vander((x - center) / scale, degree + 1, increasing=True)
-    q, r = np.linalg.qr(design / u[:, np.newaxis])
-    coefficients = np.linalg.solve(r, q.T @ (corrections / u))
-    r_inverse = np.linalg.solve(r, np.eye(degree + 1))
-    covariance = r_inverse @ r_inverse.T
-    residuals = (corrections - design @ coefficients) / u
-    chi_squared = float(residuals @ residuals)
+    coefficients, covariance, chi_squared = _generalised_least_squares(
+        design, corrections, u, certificate.point_correlation
+    )
     dof = len(points) - (degree + 1)
     birge_ratio = math.sqrt(chi_squared / dof) if dof > 0 else math.nan
     p_value = _chi_squared_survival(chi_squared, dof) if dof > 0 else math.nan
@@ -189,7 +215,42 @@ def fit_polynomial(
         dof=dof,
         birge_ratio=birge_ratio,
         p_value=p_value,
+        point_correlation=certificate.point_correlation,
     )
+
+
+def _generalised_least_squares(
+    design: FloatArray, corrections: FloatArray, u: FloatArray, correlation: float
+) -> tuple[FloatArray, FloatArray, float]:
+    """Return (â, V(â), χ²) for C = Xa with V = D R D, R_ij = r (i != j) (module docstring).
+
+    Args:
+        design: X, n x (m + 1).
+        corrections: C, n values.
+        u: the u_i (> 0), n values.
+        correlation: r in [0, 1].
+    """
+    whitened_design = design / u[:, np.newaxis]
+    whitened = corrections / u
+    if correlation < 1.0:
+        size = u.size
+        # R = (1 - r) I + r 11ᵀ; solving with its Cholesky factor L whitens D⁻¹X and D⁻¹C.
+        cholesky = np.linalg.cholesky(
+            (1.0 - correlation) * np.eye(size) + correlation * np.ones((size, size))
+        )
+        whitened_design = np.linalg.solve(cholesky, whitened_design)
+        whitened = np.linalg.solve(cholesky, whitened)
+    q, upper = np.linalg.qr(whitened_design)
+    coefficients = np.linalg.solve(upper, q.T @ whitened)
+    residuals = whitened - whitened_design @ coefficients
+    chi_squared = float(residuals @ residuals)
+    if correlation < 1.0:
+        r_inverse = np.linalg.solve(upper, np.eye(upper.shape[0]))
+        return coefficients, r_inverse @ r_inverse.T, chi_squared
+    # r = 1: the whole u_i is one common effect u_i·δ, propagated through the weighted
+    # estimator G = U⁻¹Qᵀ D⁻¹ from D⁻¹X = QU (G d = U⁻¹Qᵀ 1): V(â) = (G d)(G d)ᵀ, of rank one.
+    common = np.linalg.solve(upper, q.T @ np.ones(u.size))
+    return coefficients, np.outer(common, common), chi_squared
 
 
 def correct_polynomial(
@@ -234,8 +295,9 @@ def correct_polynomial(
     try:
         # gᵀVg = |gᵀL|² with V = LLᵀ: a matrix product, several times faster than einsum.
         u_fit = np.linalg.norm(basis @ np.linalg.cholesky(covariance), axis=-1)
-    except np.linalg.LinAlgError:  # a hand-made covariance that is only semi-definite
-        u_fit = np.sqrt(np.einsum("...i,ij,...j->...", basis, covariance, basis))
+    except np.linalg.LinAlgError:  # only semi-definite: a fit with r = 1, or hand-made
+        # Rounding can leave gᵀVg a hair below 0 where it should be 0.
+        u_fit = np.sqrt(np.maximum(np.einsum("...i,ij,...j->...", basis, covariance, basis), 0.0))
     derivative = power_series.polyval(t, power_series.polyder(coefficients)) / fit.scale
     sensitivity = np.asarray(1.0 + derivative, dtype=np.float64)
     infinite = np.full(x.shape, np.inf)

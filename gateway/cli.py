@@ -12,14 +12,18 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
+from sqlalchemy.exc import SQLAlchemyError
 
+from calibration import CalibrationError
 from gateway.config import StationConfig, config_warnings, load_config, problems_with_lines
 from gateway.errors import ConfigError, StoreError
-from gateway.register import add_register_parsers
+from gateway.pipeline import ChannelChain
+from gateway.register import add_register_parsers, open_register, resolve_channel_chains
 from gateway.store import Store, redact
 from gateway.tuning import keep_heap
 
@@ -176,9 +180,28 @@ def cmd_budget(args: argparse.Namespace) -> int:
         store.close()
     if reading is None:
         return _fail(f"no reading with seq {args.seq}")
-    budget, text = explain_reading(config, reading)
+    budget, text = explain_reading(config, reading, _register_chains(config, reading))
     _print(text)
     return 0 if budget is not None else 1
+
+
+def _register_chains(config: StationConfig, reading: dict[str, Any]) -> dict[str, ChannelChain]:
+    """The reading's channel chain from the register, as the daemon resolves it at start.
+
+    It carries the register's certificates that the station file does not state. A register
+    that cannot be read leaves the station file's certificates alone (said on stderr).
+    """
+    subject = f"{reading['instrument']}/{reading['channel']}"
+    at = datetime.fromisoformat(reading["time"])
+    try:
+        engine = open_register(config.store_url)
+        try:
+            return resolve_channel_chains(engine, config, at, only=subject)
+        finally:
+            engine.dispose()
+    except (StoreError, SQLAlchemyError, CalibrationError) as exc:
+        sys.stderr.write(f"metrogate: cannot read the register ({exc}): station file only\n")
+        return {}
 
 
 def _row_line(row: dict[str, Any], forwarded: int) -> str:

@@ -512,14 +512,31 @@ def config_warnings(config: StationConfig) -> Iterator[tuple[tuple[Any, ...], st
     in_file = {cert.id for cert in config.certificate}
     for index, instrument in enumerate(config.instrument):
         for number, channel in enumerate(instrument.channel):
+            where = ("instrument", index, "channel", number)
             if channel.certificate is not None and channel.certificate not in in_file:
                 yield (
-                    ("instrument", index, "channel", number, "certificate"),
+                    (*where, "certificate"),
                     (
                         f'no certificate "{channel.certificate}" in this file: the daemon will '
                         "look it up in the station's register (metrogate certs import) at start"
                     ),
                 )
+            for name in ("ct", "vt"):
+                transformer: TransformerConfig | None = getattr(channel, name)
+                if (
+                    transformer is not None
+                    and transformer.certificate is not None
+                    and transformer.certificate not in in_file
+                    and transformer.accuracy_class is None
+                ):
+                    yield (
+                        (*where, name, "certificate"),
+                        (
+                            f'no certificate "{transformer.certificate}" in this file: the '
+                            f"daemon will look it up in the station's register at start (the "
+                            f"{name.upper()} has no class to fall back on)"
+                        ),
+                    )
 
 
 def problems_with_lines(
@@ -684,7 +701,7 @@ def _check_transformer(
     where: tuple[Any, ...],
     certificates: dict[str, CertificateConfig],
 ) -> Iterator[tuple[tuple[Any, ...], str]]:
-    """A CT or VT needs a class or a certificate of this file that can bound its ratio."""
+    """A CT or VT needs a class or a certificate (of this file or the register) for its ratio."""
     named = certificates.get(transformer.certificate) if transformer.certificate else None
     if transformer.accuracy_class is not None:
         from calibration import CalibrationError, transformer_limits  # noqa: PLC0415
@@ -706,13 +723,7 @@ def _check_transformer(
     if transformer.certificate is None:
         yield where, 'needs class (e.g. "0.2S") or certificate (an id in this file)'
     elif named is None:
-        yield (
-            (*where, "certificate"),
-            (
-                f'no certificate "{transformer.certificate}" in this file (a transformer without '
-                "class needs its certificate here)"
-            ),
-        )
+        return  # looked up in the register at start (a warning: `config_warnings`)
     elif named.kind != "verification" and named.unit != "%":
         yield (
             (*where, "certificate"),

@@ -5,6 +5,7 @@ This is the one place that knows which driver class serves which ``driver = "…
 which transport serves which bus kind; adding a family means adding a line here.
 """
 
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Literal, cast
@@ -46,6 +47,7 @@ from gateway.config import (
     Instrument,
     LinearRule,
     ModbusRtuBus,
+    MpeRule,
     SerialBus,
     StationConfig,
     TransformerConfig,
@@ -62,6 +64,7 @@ __all__ = [
     "channel_specs",
     "link_opener",
     "make_driver",
+    "mpe_from_rule",
     "mpe_model",
     "resolve_register_map",
     "transformer_factor",
@@ -204,7 +207,29 @@ def mpe_model(cert: CertificateConfig) -> Mpe:
     Raises:
         CalibrationError: no rule, or a class the tables do not know.
     """
-    rule = cert.mpe
+    return mpe_from_rule(
+        cert.mpe, certificate_id=cert.id, unit=cert.unit, reference=cert.procedure
+    )
+
+
+def mpe_from_rule(
+    rule: MpeRule | float | None, *, certificate_id: str, unit: str, reference: str = ""
+) -> Mpe:
+    """The `Mpe` of a verification's ``mpe`` value: a rule table or a constant in `unit`.
+
+    The one place the station file's and the register's ``mpe`` become a model, so that a
+    certificate bounds a channel the same way wherever it is kept.
+
+    Args:
+        rule: the parsed ``mpe`` value (`gateway.config.MpeValue`), or None.
+        certificate_id: the certificate's number, for descriptions and errors.
+        unit: the certificate's unit (that of a constant MPE).
+        reference: the procedure followed (a constant's or linear rule's reference).
+
+    Raises:
+        CalibrationError: no rule, a constant that is not finite and > 0, or a class the
+            tables do not know.
+    """
     match rule:
         case EnergyMeterRule():
             return energy_meter_mpe(
@@ -224,67 +249,88 @@ def mpe_model(cert: CertificateConfig) -> Mpe:
             return transformer_mpe(rule.kind, rule.accuracy_class, load=rule.load)
         case LinearRule():
             return Mpe(
-                description=f"stated MPE of {cert.id}",
+                description=f"stated MPE of {certificate_id}",
                 absolute=rule.absolute,
                 percent_of_reading=rule.percent_of_reading,
                 percent_of_range=rule.percent_of_range,
                 full_scale=rule.full_scale,
-                reference=cert.procedure,
+                reference=reference,
             )
         case None:
-            raise CalibrationError(f"verification certificate {cert.id!r} states no MPE")
+            raise CalibrationError(f"verification certificate {certificate_id!r} states no MPE")
         case _:
+            if not (math.isfinite(rule) and rule > 0.0):
+                raise CalibrationError(
+                    f"verification certificate {certificate_id!r}: a constant MPE must be "
+                    f"finite and > 0, got {rule!r}"
+                )
             return Mpe(
-                description=f"MPE {rule:g} {cert.unit} of {cert.id}",
+                description=f"MPE {rule:g} {unit} of {certificate_id}",
                 absolute=float(rule),
-                reference=cert.procedure,
+                reference=reference,
             )
 
 
 def transformer_factor(
-    transformer: TransformerConfig, name: str, certificates: Mapping[str, CertificateConfig]
-) -> tuple[Factor, CertificateConfig | None]:
+    transformer: TransformerConfig,
+    name: str,
+    certificates: Mapping[str, CertificateConfig],
+    register: Mapping[str, Certificate | VerificationCertificate] | None = None,
+) -> tuple[Factor, Certificate | VerificationCertificate | None]:
     """The ratio of a CT (`name` "ct") or VT ("vt") as a factor of the channel's product.
 
     With `class`: K_n with the class's ratio-error MPE (rectangular; 检定, no correction).
     With a verification certificate: K_n with that certificate's MPE. With a calibration
     certificate in % (x = load in % of rated, ratio error ε): K = K_n/(1 + ε/100) at
-    `load`, with the certificate's u(ε) (`calibration.calibrated_ratio`).
+    `load`, with the certificate's u(ε) (`calibration.calibrated_ratio`). The certificate is
+    the station file's (`certificates`), else the register's model of it (`register`, as
+    `gateway.register.resolve_channel_chains` loaded it); the file's wins.
 
     Returns:
-        The factor and the certificate of this file it rests on (None with a class alone).
+        The factor and the model of the certificate it rests on (None with a class alone,
+        or with a class and a certificate known neither to the file nor to the register).
+
+    Raises:
+        CalibrationError: no class and the certificate is in neither place, or a calibration
+            certificate that does not cover `load`.
     """
     quantity = f"{name.upper()} ratio"
     ratio = transformer.rated_ratio
-    named = certificates.get(transformer.certificate) if transformer.certificate else None
-    certificate_id = transformer.certificate or f"{name.upper()} class"
+    number = transformer.certificate
+    named = certificates.get(number) if number else None
+    model = certificate_model(named) if named else (register or {}).get(number or "")
+    certificate_id = number or f"{name.upper()} class"
     if transformer.accuracy_class is not None:
         kind: Literal["current", "voltage"] = "current" if name == "ct" else "voltage"
         mpe = transformer_mpe(kind, transformer.accuracy_class, load=transformer.load)
         result = verify(ratio, mpe, unit="1", certificate_id=certificate_id, quantity=quantity)
-    elif named is None:
-        raise CalibrationError(f"{quantity}: no class and no certificate in the station file")
-    elif named.kind == "verification":
+    elif model is None:
+        raise CalibrationError(
+            f"{quantity}: no class, and certificate {number} is neither in the station file "
+            "nor in the register"
+        )
+    elif isinstance(model, VerificationCertificate):
+        # The file's rule as stated (not narrowed to a range: a CT's range is not its ratio).
+        mpe = mpe_model(named) if named else model.mpe
         result = verify(
-            ratio, mpe_model(named), unit="1", certificate_id=named.id, quantity=quantity
+            ratio, mpe, unit="1", certificate_id=model.certificate_id, quantity=quantity
         )
     else:
-        result = _calibrated_ratio(ratio, transformer.load, named, quantity)
-    ids = (transformer.certificate,) if transformer.certificate else ()
-    return Factor(result=result, certificate_ids=ids), named
+        result = _calibrated_ratio(ratio, transformer.load, model, quantity)
+    ids = (number,) if number else ()
+    return Factor(result=result, certificate_ids=ids), model
 
 
 def _calibrated_ratio(
-    ratio: float, load: float, cert: CertificateConfig, quantity: str
+    ratio: float, load: float, model: Certificate, quantity: str
 ) -> MeasurementResult:
     """K at `load` (I/In) from a certificate of ratio errors in % at loads in % of rated."""
-    model = certificate_model(cert)
-    assert isinstance(model, Certificate)  # noqa: S101 - the caller checked its kind
     at_load = correct(100.0 * load, model, resolution=0.0)
+    number = model.certificate_id
     if not bool(at_load.in_range):
         low, high = model.calibrated_range
         raise CalibrationError(
-            f"{quantity}: certificate {cert.id} covers loads {low:g} to {high:g} % of rated, "
+            f"{quantity}: certificate {number} covers loads {low:g} to {high:g} % of rated, "
             f"not {100.0 * load:g} %"
         )
     ratio_error = -float(at_load.value - 100.0 * load)  # ε = E = -C
@@ -293,12 +339,12 @@ def _calibrated_ratio(
         ratio_error_percent=ratio_error,
         components=[
             Component(
-                name=f"certificate {cert.id}",
+                name=f"certificate {number}",
                 standard_uncertainty=float(at_load.standard_uncertainty),
             )
         ],
         quantity=quantity,
-        certificate_id=cert.id,
+        certificate_id=number,
     )
 
 
@@ -307,9 +353,14 @@ def channel_model(
 ) -> ChannelModel:
     """What corrects `channel`: its certificate (the file's, else the register's) and factors.
 
+    A CT's or VT's certificate is likewise the file's, else the register's (carried by the
+    chain, `ChannelChain.transformer_certificates`). A transformer without class whose
+    certificate is in neither place leaves the channel without a certificate (its readings
+    are flagged ``NO_CERTIFICATE``; the register's loader logged why at start).
+
     Raises:
         CalibrationError: a certificate or transformer cannot be built (check-config reports
-            the same problems, so a validated file does not raise).
+            the same problems for the file's, so a validated file does not raise).
     """
     certificates = {cert.id: cert for cert in config.certificate}
     named = certificates.get(channel.certificate) if channel.certificate else None
@@ -318,16 +369,28 @@ def channel_model(
         certificate = certificate_model(named)
     elif chain is not None:
         certificate = chain.certificate
+    register = (
+        {model.certificate_id: model for model in chain.transformer_certificates}
+        if chain is not None
+        else {}
+    )
     factors: list[Factor] = []
     dated: list[Certificate | VerificationCertificate] = []
     for name in ("ct", "vt"):
-        transformer = getattr(channel, name)
+        transformer: TransformerConfig | None = getattr(channel, name)
         if transformer is None:
             continue
-        factor, cert = transformer_factor(transformer, name, certificates)
+        number = transformer.certificate
+        if (
+            transformer.accuracy_class is None
+            and number not in certificates
+            and number not in register
+        ):
+            return ChannelModel(certificate=None)
+        factor, model = transformer_factor(transformer, name, certificates, register)
         factors.append(factor)
-        if cert is not None:
-            dated.append(certificate_model(cert))
+        if model is not None:
+            dated.append(model)
     return ChannelModel(certificate=certificate, factors=tuple(factors), dated=tuple(dated))
 
 

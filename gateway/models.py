@@ -101,6 +101,10 @@ class CertificateRow(SQLModel, table=True):
     Times are RFC 3339 UTC text, as in `readings`; `made_with` and `points` are JSON arrays
     (points as ``[indication, correction, U, k]`` in normal form, ready for
     `calibration.Certificate`), so that a channel's correction can be built from the register.
+    `mpe_rule` is a verification's ``mpe`` as the import file gave it, in JSON (a number or a
+    rule table such as ``{"rule": "energy-meter", "class": "0.5S"}``); `mpe` keeps a constant
+    MPE as a number. `mpe_rule` was added after the first release: `gateway.register`
+    adds the column to an older database when it opens it.
     """
 
     __tablename__ = "register_certificates"
@@ -120,6 +124,7 @@ class CertificateRow(SQLModel, table=True):
     range_unit: str | None = None
     accuracy_class: str | None = None
     mpe: float | None = None
+    mpe_rule: str | None = None
     passed: bool | None = None
     procedure: str = ""
     unit: str | None = None

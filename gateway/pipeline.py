@@ -64,6 +64,9 @@ class ChannelChain:
             that unit covers (their intersection), or None when none states one.
         certificate: the channel's certificate model loaded from the register, used when the
             station file does not state the certificate (None otherwise).
+        transformer_certificates: the register's models of the channel's CT and VT
+            certificates that the station file does not state (`[instrument.channel.ct]
+            certificate = "…"`), used like the file's would be.
     """
 
     certificate_ids: tuple[str, ...]
@@ -74,6 +77,7 @@ class ChannelChain:
     problem: str = ""
     covered_range: tuple[float, float] | None = None
     certificate: Certificate | VerificationCertificate | None = None
+    transformer_certificates: tuple[Certificate | VerificationCertificate, ...] = ()
 
     @classmethod
     def from_result(

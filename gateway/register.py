@@ -12,6 +12,7 @@ is owned by another change in flight; they belong beside `CertificateConfig` (ST
 """
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -22,8 +23,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from pydantic import Field, ValidationError
-from sqlalchemy import Engine, select
+from pydantic import Field, TypeAdapter, ValidationError
+from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, SQLModel
 
@@ -35,7 +36,6 @@ from calibration import (
     CertificateRecord,
     ChainResult,
     Level,
-    Mpe,
     Route,
     Standard,
     VerificationCertificate,
@@ -43,11 +43,14 @@ from calibration import (
     expiring,
     parse_dcc,
     resolve_chain,
+    within,
 )
 from calibration.chain import LEVELS, ROUTES
 from gateway.config import (
     CertificateConfig,
     Identifier,
+    MpeRule,
+    MpeValue,
     PointConfig,
     StationConfig,
     _end_of,
@@ -56,6 +59,7 @@ from gateway.config import (
     load_config,
 )
 from gateway.errors import ConfigError, GatewayError, StoreError
+from gateway.instruments import mpe_from_rule
 from gateway.models import CertificateRow, StandardRow
 from gateway.pipeline import ChannelChain
 from gateway.store import create_store_engine
@@ -76,12 +80,14 @@ __all__ = [
     "resolve_channel_chains",
     "save_certificate",
     "save_standard",
+    "transformer_certificate",
 ]
 
 #: Days ahead that ``certs list`` and ``chain`` warn of an expiry, until the station file
 #: gains ``[register] expiry_warning_days`` (gateway.config is not this change's to edit).
 DEFAULT_EXPIRY_WARNING_DAYS = 30.0
 log = logging.getLogger(__name__)
+_MPE_VALUE: TypeAdapter[MpeRule | float] = TypeAdapter(MpeValue)
 _TABLES = [StandardRow.__table__, CertificateRow.__table__]  # type: ignore[attr-defined]  # SQLModel sets it
 
 
@@ -103,7 +109,10 @@ class RegisterCertificateConfig(CertificateConfig):
     """``[[certificate]]`` in a register file: the station file's form plus the chain's.
 
     `valid_until` may be left out when `interval_days` gives the recalibration interval from
-    `issued` (default: `valid_from`). A verification needs no points but states `passed`.
+    `issued` (default: `valid_from`). A verification needs no points but states `passed` and
+    its `mpe` in the station file's forms (`gateway.config.MpeValue`): a constant in `unit`
+    or a rule table (energy-meter, balance, transformer, linear), bounding a channel exactly
+    as the same entry in the station file would.
     """
 
     subject: str = Field(min_length=1, max_length=130)
@@ -115,7 +124,6 @@ class RegisterCertificateConfig(CertificateConfig):
     range: tuple[float, float] | None = None
     range_unit: str | None = None
     accuracy_class: str | None = None
-    mpe: float | None = Field(default=None, gt=0)
     passed: bool | None = None
     procedure: str = ""
     points: list[PointConfig] = Field(default_factory=list)
@@ -137,17 +145,42 @@ def _time(text: str | None) -> datetime | None:
 
 
 def open_register(url: str) -> Engine:
-    """Open the store at `url` and create the register's tables if missing.
+    """Open the store at `url`, create the register's tables if missing, add new columns.
+
+    A database created by an earlier version has the tables without the columns added
+    since (`_ADDED_COLUMNS`); each is added with ``ALTER TABLE … ADD COLUMN`` (SQLite and
+    PostgreSQL alike), empty in the existing rows, which read as before.
 
     Raises:
-        StoreError: the database cannot be opened.
+        StoreError: the database cannot be opened or upgraded.
     """
     try:
         engine = create_store_engine(url)
         SQLModel.metadata.create_all(engine, tables=_TABLES, checkfirst=True)
+        _add_missing_columns(engine)
     except (SQLAlchemyError, OSError) as exc:
         raise StoreError(f"cannot open the register at {url}: {exc}") from exc
     return engine
+
+
+#: Columns added to the register's tables after the first release: (table, column, type).
+_ADDED_COLUMNS = (("register_certificates", "mpe_rule", "TEXT"),)
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Add each of `_ADDED_COLUMNS` that the database lacks (a database of an older version)."""
+    for table, column, sql_type in _ADDED_COLUMNS:
+        if column in {c["name"] for c in inspect(engine).get_columns(table)}:
+            continue
+        try:
+            with engine.begin() as connection:
+                # Names are this module's constants, never input: no injection.
+                connection.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
+        except SQLAlchemyError:
+            # Another process (the daemon, a second CLI) may have added it in between.
+            if column not in {c["name"] for c in inspect(engine).get_columns(table)}:
+                raise
+        log.info("register: added column %s.%s (database of an earlier version)", table, column)
 
 
 def save_standard(engine: Engine, standard: Standard) -> None:
@@ -173,10 +206,13 @@ def save_certificate(
     model: Certificate | None = None,
     source: str = "",
     unit: str | None = None,
+    mpe: MpeRule | float | None = None,
 ) -> None:
     """Insert or replace `record`, with the points of its calibration `model` if any.
 
-    `unit` is the certificate's unit when it has no model (a verification's MPE is in it).
+    `unit` is the certificate's unit when it has no model (a verification's MPE is in it);
+    `mpe` is a verification's MPE as the import file states it (a rule or a constant),
+    stored as JSON so that a channel can be bounded by it (`channel_certificate`).
     """
     span = record.calibrated_range
     row = CertificateRow(
@@ -195,6 +231,7 @@ def save_certificate(
         range_unit=span.unit if span else None,
         accuracy_class=record.accuracy_class,
         mpe=record.mpe,
+        mpe_rule=_mpe_json(mpe),
         passed=record.passed,
         procedure=record.procedure,
         unit=model.unit if model else unit,
@@ -211,6 +248,27 @@ def save_certificate(
     with Session(engine) as session:
         session.merge(row)
         session.commit()
+
+
+def _mpe_json(mpe: MpeRule | float | None) -> str | None:
+    """The ``mpe`` value as JSON, keys as in the file (``class``), or None."""
+    if mpe is None:
+        return None
+    if isinstance(mpe, int | float):
+        return json.dumps(float(mpe))
+    return json.dumps(mpe.model_dump(mode="json", by_alias=True), sort_keys=True)
+
+
+def _mpe_value(row: CertificateRow) -> MpeRule | float | None:
+    """The row's MPE: its stored rule, else its constant (rows from before `mpe_rule`)."""
+    if row.mpe_rule is None:
+        return row.mpe
+    try:
+        return _MPE_VALUE.validate_python(json.loads(row.mpe_rule))
+    except (ValueError, ValidationError) as exc:
+        raise RegisterError(
+            f"register certificate {row.number}: stored MPE {row.mpe_rule} is not a rule: {exc}"
+        ) from exc
 
 
 def _standard(row: StandardRow) -> Standard:
@@ -262,7 +320,7 @@ def load_records(engine: Engine) -> list[CertificateRecord]:
 
 
 def resolve_channel_chains(
-    engine: Engine, config: StationConfig, at: datetime
+    engine: Engine, config: StationConfig, at: datetime, *, only: str | None = None
 ) -> dict[str, ChannelChain]:
     """The calibration chain at `at` of every channel with a certificate, by ``instr/channel``.
 
@@ -270,7 +328,9 @@ def resolve_channel_chains(
     chain's validity window (`ChannelChain.broken_at`) and each indication against the range
     the chain covers in the channel's unit. A channel's certificate that the station file
     does not state is loaded from the register (`channel_certificate`) and carried by the
-    chain; one the file states wins over a register entry of the same number (logged).
+    chain; one the file states wins over a register entry of the same number (logged). So
+    are the channel's CT and VT certificates (`transformer_certificate`). `only` limits the
+    work to one ``instr/channel`` (``metrogate budget`` explains one reading).
     """
     records = load_records(engine)
     standards = load_standards(engine)
@@ -281,18 +341,44 @@ def resolve_channel_chains(
             if channel.certificate is None:
                 continue
             subject = f"{instrument.id}/{channel.id}"
+            if only is not None and subject != only:
+                continue
             result = resolve_chain(subject, at, records=records, standards=standards)
             model = _register_model(engine, subject, channel.certificate, channel.unit, in_file)
-            chains[subject] = ChannelChain.from_result(
+            chain = ChannelChain.from_result(
                 channel.certificate, result, unit=channel.unit, certificate=model
             )
+            transformers = tuple(
+                found
+                for name in ("ct", "vt")
+                if (transformer := getattr(channel, name)) is not None
+                and transformer.certificate is not None
+                and (
+                    found := _register_model(
+                        engine, f"{subject} {name.upper()}", transformer.certificate, None, in_file
+                    )
+                )
+                is not None
+            )
+            chains[subject] = dataclasses.replace(chain, transformer_certificates=transformers)
     return chains
 
 
 def _register_model(
-    engine: Engine, subject: str, number: str, unit: str, in_file: set[str]
+    engine: Engine,
+    subject: str,
+    number: str,
+    unit: str | None,
+    in_file: set[str],
+    *,
+    required: bool = True,
 ) -> Certificate | VerificationCertificate | None:
-    """The register's model of a channel's certificate when the file does not state it."""
+    """The register's model of a channel's certificate when the file does not state it.
+
+    `unit` is the channel's; None for a CT's or VT's certificate (`transformer_certificate`).
+    A certificate not `required` (a CT's or VT's next to its class, which bounds the ratio
+    by itself) is not an error when the register lacks it.
+    """
     row = _row(engine, number)
     if number in in_file:
         if row is not None:
@@ -302,6 +388,8 @@ def _register_model(
                 number,
                 subject,
             )
+        return None
+    if row is None and not required:
         return None
     if row is None:
         log.error(
@@ -314,11 +402,16 @@ def _register_model(
     model: Certificate | VerificationCertificate | None = None
     refusal = ""
     try:
-        model = channel_certificate(row, unit)
+        model = (
+            channel_certificate(row, unit) if unit is not None else transformer_certificate(row)
+        )
     except RegisterError as exc:
         refusal = str(exc)  # the entry's fault, not a bug: logged without a traceback
     if model is None:
-        log.error("channel %s: %s: its readings are flagged NO_CERTIFICATE", subject, refusal)
+        consequence = (
+            "its readings are flagged NO_CERTIFICATE" if required else "its class bounds the ratio"
+        )
+        log.error("channel %s: %s: %s", subject, refusal, consequence)
         return None
     log.info("channel %s: certificate %s loaded from the register (%s)", subject, number, row.kind)
     return model
@@ -365,24 +458,50 @@ def channel_certificate(row: CertificateRow, unit: str) -> Certificate | Verific
         raise RegisterError(f"{where}: {exc}") from exc
 
 
+def transformer_certificate(row: CertificateRow) -> Certificate | VerificationCertificate:
+    """The model a CT's or VT's ratio rests on, as `gateway.instruments.transformer_factor` uses.
+
+    A verification bounds the ratio by its MPE (in % of it; not narrowed to a `range`, as in
+    the station file); a calibration must be in ``"%"`` (ratio errors at loads in % of
+    rated), as check-config demands of the station file's.
+
+    Raises:
+        RegisterError: the entry cannot bound the ratio; the message says why.
+    """
+    unit = row.unit or row.range_unit or ""
+    if row.kind == "verification":
+        return _verification_model(row, unit or "1", _record(row), narrow=False)
+    if unit != "%":
+        raise RegisterError(
+            f'register certificate {row.number}: a transformer calibration certificate is in "%"'
+            f' (ratio error at loads in % of rated), not "{unit}"'
+        )
+    return channel_certificate(row, "%")
+
+
 def _verification_model(
-    row: CertificateRow, unit: str, record: CertificateRecord
+    row: CertificateRow, unit: str, record: CertificateRecord, *, narrow: bool = True
 ) -> VerificationCertificate:
-    if row.mpe is None:
+    rule = _mpe_value(row)
+    if rule is None:
         raise RegisterError(f"register certificate {row.number} states no MPE (mpe)")
-    low = row.range_min if row.range_min is not None else -math.inf
-    high = row.range_max if row.range_max is not None else math.inf
+    verified = (
+        (
+            row.range_min if row.range_min is not None else -math.inf,
+            row.range_max if row.range_max is not None else math.inf,
+        )
+        if narrow and (row.range_min is not None or row.range_max is not None)
+        else None
+    )
     return VerificationCertificate(
         certificate_id=row.number,
         unit=unit,
         issuer=row.issuer,
         valid_from=record.issued,
         valid_until=record.expires,
-        mpe=Mpe(
-            description=f"MPE {row.mpe:g} {unit} of {row.number}",
-            absolute=row.mpe,
-            measuring_range=(low, high),
-            reference=row.procedure,
+        mpe=within(
+            mpe_from_rule(rule, certificate_id=row.number, unit=unit, reference=row.procedure),
+            verified,
         ),
         passed=bool(row.passed),
     )
@@ -429,9 +548,24 @@ def record_from_config(
 ) -> tuple[CertificateRecord, Certificate | None]:
     """The record of a ``[[certificate]]`` entry and, for one with points, its correction model.
 
+    A verification's `mpe` (constant or rule), when stated, is checked by building it as a
+    channel would; the record keeps a constant MPE as a number (`save_certificate` stores the
+    rule itself). A verification without one is a valid link of a chain; only a channel
+    resting on it needs an MPE (`channel_certificate` says so).
+
     Raises:
-        CalibrationError: the entry is not a valid certificate.
+        CalibrationError: the entry is not a valid certificate, or a verification's MPE
+            cannot be built (a constant <= 0, a class the tables do not know).
     """
+    if config.kind == "verification" and config.mpe is not None:
+        mpe_from_rule(
+            config.mpe, certificate_id=config.id, unit=config.unit, reference=config.procedure
+        )
+    elif config.mpe is not None and not isinstance(config.mpe, int | float):
+        raise CalibrationError(
+            f"certificate {config.id!r}: an MPE rule is only for kind verification (this is a "
+            f"{config.kind}; a number is kept as the stated MPE)"
+        )
     model = None
     if config.points:
         if config.valid_until is not None:
@@ -475,7 +609,7 @@ def record_from_config(
         made_with=tuple(config.made_with),
         calibrated_range=span,
         accuracy_class=config.accuracy_class,
-        mpe=config.mpe,
+        mpe=float(config.mpe) if isinstance(config.mpe, int | float) else None,
         passed=config.passed,
         procedure=config.procedure,
     )
@@ -611,7 +745,14 @@ def _cmd_certs_import(args: argparse.Namespace, engine: Engine) -> int:
         save_standard(engine, standard_from_config(entry))
     for certificate in register.certificate:
         record, model = record_from_config(certificate)
-        save_certificate(engine, record, model=model, source=path.name, unit=certificate.unit)
+        save_certificate(
+            engine,
+            record,
+            model=model,
+            source=path.name,
+            unit=certificate.unit,
+            mpe=certificate.mpe if certificate.kind == "verification" else None,
+        )
     _out(
         f"imported {len(register.standard)} standards and "
         f"{len(register.certificate)} certificates from {path}"

@@ -82,17 +82,33 @@ def assert_agrees(result: MeasurementResult, expected: Any, index: Any = ()) -> 
 
 
 def gtc_polynomial(certificate: Certificate, degree: int, reading: Reading) -> Any:
-    """y = x + Σ a_k t^k with â = (XᵀWX)⁻¹XᵀW C (normal equations), C_i independent ureals."""
+    """y = x + Σ a_k t^k with â = G C, the C_i correlated ureals (r between every two).
+
+    G comes from the normal equations with V⁻¹ taken by np.linalg.inv (not our whitening):
+    G = (XᵀV⁻¹X)⁻¹XᵀV⁻¹ for r < 1, and the weighted estimator (XᵀWX)⁻¹XᵀW for r = 1 (our
+    documented choice). GTC then propagates the full covariance of the C_i through G itself.
+    """
     x = np.array([point.indication for point in certificate.points])
     u = np.array([point.standard_uncertainty for point in certificate.points])
+    r = certificate.point_correlation
     low, high = certificate.calibrated_range
     center, scale = 0.5 * (low + high), (0.5 * (high - low) if high > low else 1.0)
     design = np.vander((x - center) / scale, degree + 1, increasing=True)
-    weighted = design.T / u**2
+    if r < 1.0:
+        correlation = np.full((x.size, x.size), r)
+        np.fill_diagonal(correlation, 1.0)
+        weighted = design.T @ np.linalg.inv(correlation * np.outer(u, u))
+    else:
+        weighted = design.T / u**2
     estimator = np.linalg.solve(weighted @ design, weighted)
     corrections = [
-        ureal(point.correction, point.standard_uncertainty) for point in certificate.points
+        ureal(point.correction, point.standard_uncertainty, independent=r == 0.0)
+        for point in certificate.points
     ]
+    if r > 0.0:
+        for i, first in enumerate(corrections):
+            for second in corrections[i + 1 :]:
+                set_correlation(r, first, second)
     coefficients = [
         sum((float(m) * c for m, c in zip(row, corrections, strict=True)), start=ureal(0.0, 0.0))
         for row in estimator
@@ -119,7 +135,9 @@ def _random_polynomial_case(
             for a, c, s, k in zip(
                 abscissae, corrections, u, rng.choice([1.0, 2.0, 2.58], size=count), strict=True
             )
-        ]
+        ],
+        # A quarter independent, a quarter fully correlated (singular V), the rest between.
+        point_correlation=float(rng.choice([0.0, 1.0, rng.uniform(0.0, 0.95), rng.uniform()])),
     )
     low, high = certificate.calibrated_range
     readings = []
@@ -142,8 +160,10 @@ def _random_polynomial_case(
 def test_random_polynomial_fits_and_corrections_agree_with_gtc() -> None:
     rng = np.random.default_rng(SEED)
     checked = 0
+    correlations = []
     for _ in range(RANDOM_CASES):
         certificate, degree, readings = _random_polynomial_case(rng)
+        correlations.append(certificate.point_correlation)
         fit = fit_polynomial(certificate, degree, significance=0.0)
         for reading in readings:
             result = correct_polynomial(
@@ -152,11 +172,15 @@ def test_random_polynomial_fits_and_corrections_agree_with_gtc() -> None:
             assert_agrees(result, gtc_polynomial(certificate, degree, reading))
             checked += 1
     assert checked == 2 * RANDOM_CASES
+    # Independent, fully correlated (singular V) and partly correlated points all occur.
+    assert min(correlations.count(0.0), correlations.count(1.0)) > RANDOM_CASES // 8
+    assert sum(0.0 < r < 1.0 for r in correlations) > RANDOM_CASES // 4
 
 
 def test_polynomial_arrays_agree_with_gtc_elementwise() -> None:
     certificate = make_certificate(
-        [(x, 0.02 - 1e-4 * x + 2e-7 * x**2, 0.01, 2.0) for x in np.linspace(0.0, 500.0, 8)]
+        [(x, 0.02 - 1e-4 * x + 2e-7 * x**2, 0.01 + 1e-5 * x, 2.0) for x in np.linspace(0, 500, 8)],
+        point_correlation=0.6,
     )
     fit = fit_polynomial(certificate, 2)
     rng = np.random.default_rng(SEED + 1)

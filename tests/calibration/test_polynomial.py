@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Weighted least-squares polynomial corrections: GUM H.3, numpy's polyfit, fit checks, flags."""
+"""Least-squares polynomial corrections: GUM H.3, numpy's polyfit, GLS with correlated points."""
 
 import dataclasses
 import math
@@ -31,7 +31,8 @@ H3_S = 0.0034975639635053  # the residual standard deviation of the OLS fit, °C
 def h3_certificate() -> Any:
     # Equal u_i = s make the weighted fit the GUM's OLS fit, with the same covariance.
     points = [(t, b, 2 * H3_S, 2.0) for t, b in zip(H3_READINGS, H3_CORRECTIONS, strict=True)]
-    return make_certificate(points, certificate_id="GUM-H3", unit="°C")
+    # GUM H.3 takes the b_k as independent: r = 0.
+    return make_certificate(points, certificate_id="GUM-H3", unit="°C", point_correlation=0.0)
 
 
 def test_gum_h3_thermometer_line() -> None:
@@ -77,7 +78,8 @@ def test_agrees_with_numpy_polyfit_weighted_unscaled(degree: int) -> None:
         [
             (float(a), float(c), float(2 * s), 2.0)
             for a, c, s in zip(x, corrections, u, strict=True)
-        ]
+        ],
+        point_correlation=0.0,  # numpy's weighted fit takes the points as independent
     )
     fit = fit_polynomial(certificate, degree, significance=0.0)
     coefficients, covariance = fit.power_coefficients()
