@@ -110,7 +110,10 @@ async def test_clock_stepped_back(bench: FaultBench) -> None:
     await bench.tcp_meter("meter-1", poll_interval=0.1)
     await bench.start()
     await bench.wait_stored(100)
-    offset.write_text("+0\n")  # the clock is set right: a step back of CLOCK_AHEAD seconds
+    # The clock is set right: a step back of CLOCK_AHEAD seconds. Replaced by a rename, as
+    # libfaketime reads the file at every clock call and must never see it half written.
+    (bench.tmp / "faketime.new").write_text("+0\n")
+    (bench.tmp / "faketime.new").replace(offset)
     stepped_at = bench.stored_seq()
     await bench.until(
         lambda: (bench.status().get("clock") or {}).get("behind"), "the clock alarm in the status"
