@@ -665,3 +665,75 @@ async def test_retention_prunes_forwarded_readings_and_verify_starts_at_the_anch
     code, out, _err = await metrogate("verify", "--config", str(bench.config))
     assert code == 0, out
     assert f"retention    seq 1..{seqs[0] - 1} pruned" in out
+
+
+NEW_CERTIFICATE = """\
+[[standard]]
+id = "NIM-KG"
+level = "national-primary"
+
+[[standard]]
+id = "E2-SET"
+level = "enterprise-highest"
+
+[[certificate]]
+id = "CAL-NEW"
+subject = "balance-1"
+issuer = "Provincial Institute"
+accreditation = "CNAS L1234"
+route = "ILAC-MRA accredited lab"
+made_with = ["E2-SET"]
+valid_from = 2026-01-10
+valid_until = 2099-01-09
+unit = "g"
+points = [{ x = 0.0, c = -0.05, U = 0.04 }, { x = 2000.0, c = -0.25, U = 0.10 }]
+
+[[certificate]]
+id = "C-E2"
+subject = "E2-SET"
+issuer = "Zhejiang Institute of Metrology"
+accreditation = "(国)法计(2020)01001号"
+route = "legal metrology institute"
+made_with = ["NIM-KG"]
+valid_from = 2026-01-01
+valid_until = 2099-12-31
+unit = "g"
+"""
+
+
+async def test_a_certificate_imported_into_the_register_applies_after_a_reload(
+    bench: Bench,
+) -> None:
+    """The technician's flow: calibrate, `certs import`, `systemctl reload`; nothing lost."""
+    bench.configure(certificate='"CAL-NEW"')  # in neither the file nor the register yet
+    async with subscribed(bench.broker.port) as collected:
+        process = await bench.daemon()
+        await wait_stored(bench, 10)
+        register = bench.tmp / "cal-new.toml"
+        register.write_text(NEW_CERTIFICATE)
+        code, out, err = await metrogate(
+            "certs", "import", str(register), "--config", str(bench.config)
+        )
+        assert code == 0, out + err
+        reloaded_from = stored(bench)[0][-1]["seq"]
+        process.send_signal(signal.SIGHUP)
+        async with asyncio.timeout(20):
+            while "reload 1 applied" not in bench.log():
+                await asyncio.sleep(0.1)
+        await wait_stored(bench, reloaded_from + 30)
+        await stop(process, bench)
+        rows, _ = stored(bench)
+        await collected.wait_for_seq(len(rows))
+    masses = [r for r in rows if r["instrument"] == "balance-1"]
+    before = [r for r in masses if r["seq"] <= reloaded_from]
+    assert all(r["flags"] == ["NO_CERTIFICATE"] and r["U"] is None for r in before)
+    after = masses[-5:]
+    for reading in after:
+        assert reading["certificate"] == "CAL-NEW"
+        assert reading["chain"] == ["CAL-NEW", "C-E2"]
+        assert reading["flags"] == []
+        correction = -0.05 - 0.20 * reading["indication"] / 2000.0
+        assert reading["value"] == pytest.approx(reading["indication"] + correction, abs=1e-9)
+        assert reading["U"] > 0
+    assert "restarted ['com1']" in bench.log()
+    check_upstream(collected, rows)  # every reading once, seq contiguous, chain verifies
