@@ -159,7 +159,10 @@ class Forwarder:
         self._window = window
         self._wake = asyncio.Event()
         self._recent: collections.deque[Pending] = collections.deque()
-        self._recent_max = 20 * window
+        # Committed readings kept in memory for publishing without a store read: four
+        # windows (some 15 MiB at 5000 a window). Further behind (an outage, or commits
+        # outrunning the broker under overload), the store serves them, a window per query.
+        self._recent_max = 4 * window
         self._progress = asyncio.Condition()
         self.forwarded_seq = forwarded_seq
         self.forwarded_checkpoint = forwarded_checkpoint
