@@ -12,7 +12,7 @@ A channel rests on a calibration certificate (corrected: `calibration.correct`),
 verification certificate (检定: not corrected, u = MPE/√3, `calibration.verify`); a meter
 measuring through instrument transformers multiplies by their ratios
 (`calibration.composite.product`). A channel's calibration chain (`ChannelChain`) is
-resolved from the register once, at start-up; per reading the pipeline only compares the
+resolved from the register at start-up and at every reload; per reading the pipeline only compares the
 acquisition time with the window in which every link of the chain is valid, and the
 indication with the range every link stated in the channel's unit covers.
 """
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChannelChain:
-    """A channel's chain of certificates up to the national standards, as resolved at start.
+    """A channel's chain of certificates up to the national standards, as last resolved.
 
     Attributes:
         certificate_ids: the channel's certificate, then every certificate up the chain,
