@@ -651,9 +651,9 @@ class Station:
     async def _chains(self, store: AsyncStore) -> dict[str, ChannelChain]:
         """Resolve each channel's calibration chain from the register, on the store thread.
 
-        At start and at every reload: readings are then checked against each chain's validity window. A
-        register that cannot be read leaves every chain unchecked (the certificate alone),
-        said in the log; acquisition does not wait for it.
+        At start and at every reload: readings are then checked against each chain's validity
+        window. A register that cannot be read leaves every chain unchecked (the certificate
+        alone), said in the log; acquisition does not wait for it.
         """
         config = self.config
         now = datetime.now(UTC)
