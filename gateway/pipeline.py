@@ -12,9 +12,9 @@ A channel rests on a calibration certificate (corrected: `calibration.correct`),
 verification certificate (检定: not corrected, u = MPE/√3, `calibration.verify`); a meter
 measuring through instrument transformers multiplies by their ratios
 (`calibration.composite.product`). A channel's calibration chain (`ChannelChain`) is
-resolved from the register at start-up and at every reload; per reading the pipeline only compares the
-acquisition time with the window in which every link of the chain is valid, and the
-indication with the range every link stated in the channel's unit covers.
+resolved from the register at start-up and at every reload; per reading the pipeline only
+compares the acquisition time with the window in which every link of the chain is valid,
+and the indication with the range every link stated in the channel's unit covers.
 """
 
 import asyncio
