@@ -60,7 +60,7 @@ from gateway.pipeline import ChannelChain, ChannelSpec, Pipeline, rfc3339
 from gateway.register import load_records, open_register, resolve_channel_chains
 from gateway.scheduler import BusWorker, InstrumentHealth
 from gateway.stamp import Stamped, Stamper
-from gateway.status import write_status
+from gateway.status import parse_rfc3339, write_status
 from gateway.store import AsyncStore, redact
 from gateway.systemd import notify, watchdog_period
 from gateway.tuning import settle
@@ -571,7 +571,7 @@ class Station:
             last_seq, last_hash = await store.call(store.store.head)
             head = await store.call(store.store.reading, last_seq) if last_seq else None
             state = _StoreState(
-                last_time=_parse_time(head.get("time")) if head else None,
+                last_time=parse_rfc3339(head.get("time")) if head else None,
                 last_seq=last_seq,
                 last_hash=last_hash,
                 forwarded_seq=await store.call(store.store.forwarded_seq),
@@ -725,16 +725,6 @@ class Station:
         while True:
             notify("WATCHDOG=1")
             await asyncio.sleep(period)
-
-
-def _parse_time(text: object) -> datetime | None:
-    """A stored reading's RFC 3339 time, or None if it is not one."""
-    if not isinstance(text, str):
-        return None
-    try:
-        return datetime.strptime(f"{text}+0000", "%Y-%m-%dT%H:%M:%S.%fZ%z")
-    except ValueError:
-        return None
 
 
 async def _cancel(*tasks: asyncio.Task[Any], within: float = 10.0) -> None:

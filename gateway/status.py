@@ -65,11 +65,20 @@ def read_status(data_dir: Path) -> dict[str, Any] | None:
     return decoded if isinstance(decoded, dict) else None
 
 
+def parse_rfc3339(text: object) -> datetime | None:
+    """A time as the station writes it (``gateway.pipeline.rfc3339``), or None if not one."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.strptime(f"{text}+0000", "%Y-%m-%dT%H:%M:%S.%fZ%z")
+    except ValueError:
+        return None
+
+
 def age_of(status: Mapping[str, Any], now: datetime | None = None) -> float | None:
     """Seconds since the status was written, or None if it carries no readable time."""
-    try:
-        written = datetime.strptime(f"{status['time']}+0000", "%Y-%m-%dT%H:%M:%S.%fZ%z")
-    except (KeyError, ValueError):
+    written = parse_rfc3339(status.get("time"))
+    if written is None:
         return None
     return ((now or datetime.now(UTC)) - written).total_seconds()
 
