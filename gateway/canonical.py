@@ -12,6 +12,9 @@ differs on integral floats (``1.0`` where JCS wants ``1``, ``-0.0`` for ``0``, `
 rarer object holding one of the other cases goes through a small pure-Python encoder.
 NaN and infinities have no JSON form and are refused. tests/gateway/test_canonical.py checks
 both paths against the reference implementation (the `rfc8785` package).
+
+Bodies are kept (a batch being stored, the forwarder's window), so they are returned
+right-sized: see `right_sized`.
 """
 
 import math
@@ -52,7 +55,20 @@ def canonical_json(
             slow = slow or big
     if slow:
         return _encode_slow(normalised).encode("utf-8")
-    return orjson.dumps(normalised, option=_SORTED)
+    return right_sized(orjson.dumps(normalised, option=_SORTED))
+
+
+def right_sized(encoded: bytes) -> bytes:
+    """Return a copy of `encoded` that holds no more memory than its length needs.
+
+    orjson (3.12 on) returns a bytes object whose allocation is rounded up to at least
+    4 KiB and never shrunk: a 440-byte reading body then holds 4-8 KiB for as long as it is
+    kept. With 45 000 bodies held at once under load (the acquisition batch, the forwarder's
+    memory window) that was 200-300 MiB of RSS, varying with how the windows lined up. The
+    copy costs some 0.1 µs a body; anything kept beyond the call that made it goes through
+    here.
+    """
+    return bytes(memoryview(encoded))
 
 
 def _normalise(key: str, value: float) -> tuple[float | int, bool]:

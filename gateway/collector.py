@@ -53,7 +53,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.canonical import NeedsSlowPathError, canonical_json, plain_number
+from gateway.canonical import NeedsSlowPathError, canonical_json, plain_number, right_sized
 from gateway.collector_store import (
     CollectorStore,
     Incoming,
@@ -180,7 +180,7 @@ def _canonical_body(document: dict[str, Any], *, wire_members: bool) -> bytes:
                 value = document[key]
                 if type(value) is float:
                     document[key] = plain_number(value)
-            return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
+            return right_sized(orjson.dumps(document, option=orjson.OPT_SORT_KEYS))
         except NeedsSlowPathError:
             pass
     return canonical_json(document)

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import orjson
 from uuid_utils import uuid7
 
-from gateway.canonical import NeedsSlowPathError, canonical_json, plain_number
+from gateway.canonical import NeedsSlowPathError, canonical_json, plain_number, right_sized
 
 GENESIS_HASH = "0" * 64
 
@@ -156,7 +156,7 @@ def reading_body(
         }
     except NeedsSlowPathError:
         return canonical_json(reading_document(station, seq, reading_id, measured, prev_hash))
-    return orjson.dumps(document)
+    return right_sized(orjson.dumps(document))
 
 
 def chain_hash(prev_hash: str, body: bytes) -> str:
