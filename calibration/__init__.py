@@ -41,6 +41,7 @@ from calibration.chain import (
     Standard,
     expiring,
     require_traceable,
+    resolve_certificate_chain,
     resolve_chain,
 )
 from calibration.composite import (
@@ -148,6 +149,7 @@ __all__ = [
     "require_in_range",
     "require_traceable",
     "resolution_uncertainty",
+    "resolve_certificate_chain",
     "resolve_chain",
     "scaled",
     "stated_quantity",

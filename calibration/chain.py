@@ -258,19 +258,56 @@ def resolve_chain(
     Returns:
         The chain with each link's verdict; see `require_traceable` to raise instead.
     """
+    walk = _walk(at, value, records, standards)
+    first = _choose(walk.by_subject.get(subject, []), at)
+    if first is None and "/" in subject:
+        first = _choose(walk.by_subject.get(subject.split("/", 1)[0], []), at)
+    walk.visit(subject, first, depth=0, path=(subject,), standard=walk.standards.get(subject))
+    return ChainResult(
+        subject=subject, at=at, links=tuple(walk.links), roots=tuple(dict.fromkeys(walk.roots))
+    )
+
+
+def resolve_certificate_chain(
+    number: str,
+    at: datetime,
+    *,
+    records: Iterable[CertificateRecord],
+    standards: Mapping[str, Standard] | Iterable[Standard],
+) -> ChainResult | None:
+    """Walk up from the certificate `number` itself, checking links as `resolve_chain` does.
+
+    For a certificate a configuration pins by number rather than by subject, e.g. a current
+    or voltage transformer's (the reading rests on that certificate, not on whichever its
+    subject holds last). None when the register holds no certificate of that number.
+    """
+    records = list(records)
+    pinned = [record for record in records if record.number == number]
+    if not pinned:
+        return None
+    walk = _walk(at, None, records, standards)
+    record = pinned[0]
+    walk.visit(record.subject, record, depth=0, path=(record.subject,), standard=None)
+    return ChainResult(
+        subject=record.subject,
+        at=at,
+        links=tuple(walk.links),
+        roots=tuple(dict.fromkeys(walk.roots)),
+    )
+
+
+def _walk(
+    at: datetime,
+    value: float | None,
+    records: Iterable[CertificateRecord],
+    standards: Mapping[str, Standard] | Iterable[Standard],
+) -> "_Walk":
     _require_aware(at, "at")
     by_subject: dict[str, list[CertificateRecord]] = {}
     for record in records:
         by_subject.setdefault(record.subject, []).append(record)
     known = dict(standards) if isinstance(standards, Mapping) else {s.id: s for s in standards}
-    walk = _Walk(at=at, value=value, by_subject=by_subject, standards=known)
-    first = _choose(by_subject.get(subject, []), at)
-    if first is None and "/" in subject:
-        first = _choose(by_subject.get(subject.split("/", 1)[0], []), at)
-    walk.visit(subject, first, depth=0, path=(subject,), standard=known.get(subject))
-    return ChainResult(
-        subject=subject, at=at, links=tuple(walk.links), roots=tuple(dict.fromkeys(walk.roots))
-    )
+    return _Walk(at=at, value=value, by_subject=by_subject, standards=known)
 
 
 def _choose(candidates: list[CertificateRecord], at: datetime) -> CertificateRecord | None:

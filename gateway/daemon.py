@@ -648,15 +648,18 @@ class Station:
                 ", ".join(sorted(before)),
             )
 
-    async def _chains(self, store: AsyncStore) -> dict[str, ChannelChain]:
+    async def _chains(
+        self, store: AsyncStore, at: datetime | None = None
+    ) -> dict[str, ChannelChain]:
         """Resolve each channel's calibration chain from the register, on the store thread.
 
-        At start and at every reload: readings are then checked against each chain's validity
-        window. A register that cannot be read leaves every chain unchecked (the certificate
-        alone), said in the log; acquisition does not wait for it.
+        At start and at every reload (`at`, now unless given): readings are then checked
+        against each chain's validity window. A register that cannot be read leaves every
+        chain unchecked (the certificate alone), said in the log; acquisition does not wait
+        for it.
         """
         config = self.config
-        now = datetime.now(UTC)
+        now = datetime.now(UTC) if at is None else at
 
         def resolve() -> tuple[dict[str, ChannelChain], list[CertificateRecord]]:
             engine = open_register(config.store_url)

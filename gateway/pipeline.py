@@ -18,6 +18,7 @@ and the indication with the range every link stated in the channel's unit covers
 """
 
 import asyncio
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -125,6 +126,30 @@ class ChannelChain:
             valid_until=min(ends),
             covered_range=covered,
             certificate=certificate,
+        )
+
+    def joined(self, part: str, number: str, result: ChainResult) -> "ChannelChain":
+        """This chain and the register's chain of another certificate the channel rests on.
+
+        `result` is the walk up from a CT's or VT's certificate `number` (`part`, e.g.
+        ``"CT"``, `calibration.resolve_certificate_chain`):
+        its certificates join the readings' chain, its failures break the channel's chain
+        (the problem names `part`), and its validity window narrows the channel's. Ranges
+        stay the channel's own (a transformer's are not in the channel's unit).
+        """
+        other = ChannelChain.from_result(number, result)
+        ids = tuple(dict.fromkeys((*self.certificate_ids, *other.certificate_ids)))
+        problem = self.problem or (f"{part} {other.problem}" if other.broken else "")
+        starts = [t for t in (self.valid_from, other.valid_from) if t is not None]
+        ends = [t for t in (self.valid_until, other.valid_until) if t is not None]
+        return dataclasses.replace(
+            self,
+            certificate_ids=ids,
+            checked=True,
+            broken=self.broken or other.broken,
+            problem=problem,
+            valid_from=max(starts, default=None),
+            valid_until=min(ends, default=None),
         )
 
     def broken_at(self, moment: datetime) -> bool:

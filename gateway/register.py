@@ -42,6 +42,7 @@ from calibration import (
     dcc_to_certificate,
     expiring,
     parse_dcc,
+    resolve_certificate_chain,
     resolve_chain,
     within,
 )
@@ -324,13 +325,15 @@ def resolve_channel_chains(
 ) -> dict[str, ChannelChain]:
     """The calibration chain at `at` of every channel with a certificate, by ``instr/channel``.
 
-    Reads the register once; the pipeline then checks each reading's time against the
-    chain's validity window (`ChannelChain.broken_at`) and each indication against the range
-    the chain covers in the channel's unit. A channel's certificate that the station file
-    does not state is loaded from the register (`channel_certificate`) and carried by the
-    chain; one the file states wins over a register entry of the same number (logged). So
-    are the channel's CT and VT certificates (`transformer_certificate`). `only` limits the
-    work to one ``instr/channel`` (``metrogate budget`` explains one reading).
+        Reads the register once; the pipeline then checks each reading's time against the
+        chain's validity window (`ChannelChain.broken_at`) and each indication against the range
+        the chain covers in the channel's unit. A channel's certificate that the station file
+        does not state is loaded from the register (`channel_certificate`) and carried by the
+        chain; one the file states wins over a register entry of the same number (logged). So
+        are the channel's CT and VT certificates (`transformer_certificate`), whose own chains up
+    to the national standards are walked and joined to the channel's (`ChannelChain.joined`):
+    a reading rests on them as much as on the meter's. `only` limits the
+        work to one ``instr/channel`` (``metrogate budget`` explains one reading).
     """
     records = load_records(engine)
     standards = load_standards(engine)
@@ -360,7 +363,17 @@ def resolve_channel_chains(
                 )
                 is not None
             )
-            chains[subject] = dataclasses.replace(chain, transformer_certificates=transformers)
+            chain = dataclasses.replace(chain, transformer_certificates=transformers)
+            for name in ("ct", "vt"):
+                transformer = getattr(channel, name)
+                if transformer is None or transformer.certificate is None:
+                    continue
+                walked = resolve_certificate_chain(
+                    transformer.certificate, at, records=records, standards=standards
+                )
+                if walked is not None:
+                    chain = chain.joined(name.upper(), transformer.certificate, walked)
+            chains[subject] = chain
     return chains
 
 
@@ -873,16 +886,46 @@ def format_chain(result: ChainResult, *, warn_days: float) -> list[str]:
 
 
 def _cmd_chain(args: argparse.Namespace, engine: Engine) -> int:
+    at, records, standards = _at(args.at), load_records(engine), load_standards(engine)
     result = resolve_chain(
-        args.subject,
-        _at(args.at),
-        value=args.value,
-        records=load_records(engine),
-        standards=load_standards(engine),
+        args.subject, at, value=args.value, records=records, standards=standards
     )
     for line in format_chain(result, warn_days=args.warn_days):
         _out(line)
-    return 0 if result.ok else 1
+    ok = result.ok
+    for part, number in _transformer_certificates(args):
+        walked = resolve_certificate_chain(number, at, records=records, standards=standards)
+        _out("")
+        if walked is None:
+            _out(f"{part} certificate {number}: not in the register (its chain is unchecked)")
+            continue
+        _out(f"{part} certificate {number}:")
+        for line in format_chain(walked, warn_days=args.warn_days):
+            _out(f"  {line}")
+        ok = ok and walked.ok
+    return 0 if ok else 1
+
+
+def _transformer_certificates(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The CT's and VT's certificates of the channel `args.subject` names in its station file.
+
+    Only with ``--config`` (the register alone does not know which transformers a meter's
+    channel is wired through).
+    """
+    if not args.config or "/" not in args.subject:
+        return []
+    instrument_id, channel_id = args.subject.split("/", 1)
+    config = load_config(args.config)
+    return [
+        (name.upper(), transformer.certificate)
+        for instrument in config.instrument
+        if instrument.id == instrument_id
+        for channel in instrument.channel
+        if channel.id == channel_id
+        for name in ("ct", "vt")
+        if (transformer := getattr(channel, name)) is not None
+        and transformer.certificate is not None
+    ]
 
 
 def _source(parser: argparse.ArgumentParser) -> None:
@@ -947,7 +990,9 @@ def add_register_parsers(commands: Any) -> None:  # noqa: ANN401 - argparse's pr
     listed.set_defaults(handler=_run(_cmd_standards_list))
 
     chain = commands.add_parser(
-        "chain", help="the traceability chain of an instrument[/channel] up to the root"
+        "chain",
+        help="the traceability chain of an instrument[/channel] up to the root (with "
+        "--config, a channel's CT's and VT's chains too)",
     )
     chain.add_argument("subject", metavar="INSTRUMENT[/CHANNEL]")
     chain.add_argument("--value", type=float, default=None, help="check ranges cover it")

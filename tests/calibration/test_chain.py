@@ -13,6 +13,7 @@ from calibration.chain import (
     Standard,
     expiring,
     require_traceable,
+    resolve_certificate_chain,
     resolve_chain,
 )
 from calibration.errors import BrokenChainError, CalibrationError
@@ -203,6 +204,23 @@ def test_not_yet_valid_and_missing_subject() -> None:
     assert "not valid before" in resolve(early).failures[0].reasons[0]
     result = resolve_chain("NOPE", AT, records=VALID, standards=STANDARDS)
     assert result.links[0].reasons == ("no certificate on record for 'NOPE'",)
+
+
+def test_a_certificate_pinned_by_number_is_walked_even_when_its_subject_has_a_newer_one() -> None:
+    # A CT's certificate named in the station file: the reading rests on that one, not on
+    # whichever certificate its subject holds last.
+    newer = record("C-TT1-NEW", "TT-101", "WS-PT100", issued=ISSUED + timedelta(days=30))
+    result = resolve_certificate_chain("C-TT1", AT, records=[*VALID, newer], standards=STANDARDS)
+    assert result is not None
+    assert result.ok, result.failures
+    assert result.subject == "TT-101"
+    assert result.certificate_ids == ("C-TT1", "C-WS", "C-ENT", "C-PROV")
+    assert result.roots == ("NIM-T",)
+    broken = replaced(VALID, record("C-ENT", "ENT-PRT", "PROV-PRT", accreditation=""))
+    failed = resolve_certificate_chain("C-TT1", AT, records=iter(broken), standards=STANDARDS)
+    assert failed is not None
+    assert [link.subject for link in failed.failures] == ["ENT-PRT"]
+    assert resolve_certificate_chain("C-NONE", AT, records=VALID, standards=STANDARDS) is None
 
 
 def test_expiring_lists_records_within_the_horizon_soonest_first() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from calibration import CertificateRecord, Standard, resolve_chain
+from calibration import CertificateRecord, Standard, resolve_certificate_chain, resolve_chain
 from gateway.pipeline import ChannelChain, ChannelSpec, Pipeline, measure
 from gateway.stamp import Stamper, verify_chain
 from gateway.store import AsyncStore
@@ -155,6 +155,47 @@ def test_a_chain_failing_at_start_up_flags_every_reading() -> None:
     assert "E2-SET" in channel.chain.problem
     [reading] = measure([acquired(750.0, channel)])
     assert reading.flags == ("CHAIN_BROKEN",)
+
+
+def test_a_transformer_chain_joins_the_channels_ids_window_and_problems() -> None:
+    records = register_records(upstream_until=datetime(2026, 7, 1, tzinfo=UTC))
+    ct = CertificateRecord(
+        number="JD-CT-7",
+        kind="verification",
+        issuer="County Verification Station",
+        accreditation="(浙)法计(2022)03002号",
+        route="legal metrology institute",
+        issued=datetime(2026, 2, 1, tzinfo=UTC),
+        valid_until=datetime(2026, 6, 20, tzinfo=UTC),
+        subject="CT-7",
+        made_with=("E2-SET",),  # any standard of the register will do for the walk
+        passed=True,
+        accuracy_class="0.2S",
+    )
+    walked = resolve_certificate_chain("JD-CT-7", NOW, records=[*records, ct], standards=STANDARDS)
+    assert walked is not None
+    channel = chained_spec(records)
+    assert channel.chain is not None
+    joined = channel.chain.joined("CT", "JD-CT-7", walked)
+    assert joined.certificate_ids == ("CAL-2026-0117", "C-E2", "JD-CT-7")
+    assert not joined.broken
+    assert joined.valid_from == datetime(2026, 2, 1, tzinfo=UTC)  # the CT's issue
+    assert joined.valid_until == datetime(2026, 6, 20, tzinfo=UTC)  # the CT's expiry
+    assert not joined.broken_at(NOW)
+    assert joined.broken_at(datetime(2026, 6, 21, tzinfo=UTC))
+    # A channel the register knows nothing of becomes checked by its CT's chain.
+    bare = ChannelChain.from_result("CAL-2026-0117", None).joined("CT", "JD-CT-7", walked)
+    assert bare.checked
+    assert bare.certificate_ids == ("CAL-2026-0117", "JD-CT-7", "C-E2")
+    # A failing link up the CT's chain breaks the channel's, and the problem says so.
+    failed = resolve_certificate_chain(
+        "JD-CT-7", NOW, records=[*records, replace(ct, accreditation="")], standards=STANDARDS
+    )
+    assert failed is not None
+    broken = channel.chain.joined("CT", "JD-CT-7", failed)
+    assert broken.broken
+    assert broken.problem.startswith("CT CT-7: ")
+    assert "no authorisation number" in broken.problem
 
 
 def test_a_register_without_the_channel_leaves_its_certificate_alone_unflagged() -> None:

@@ -4,6 +4,8 @@
 ``[instrument.channel.ct] certificate = "ID"`` (and vt) is looked up like the meter's
 certificate: the daemon's `Station._chains` loads the register's entry at start and the
 channel multiplies by the ratio it gives, exactly as with the same entry in the station file.
+The register also knows the transformer certificate's own chain up to the national
+standards; it is walked and joined to the channel's (the readings rest on it).
 """
 
 import logging
@@ -32,6 +34,7 @@ kind = "verification"
 subject = "CT-A"
 route = "legal metrology institute"
 accreditation = "(鄂)法计(2021)01001号"
+made_with = ["{ct_standard}"]
 issuer = "Hubei Institute of Measurement and Testing Technology"
 procedure = "JJG 313-2010"
 valid_from = 2026-01-01
@@ -45,6 +48,7 @@ id = "CAL-VT"
 subject = "VT-A"
 route = "ILAC-MRA accredited lab"
 accreditation = "CNAS L1234"
+made_with = ["CN-VT-PRIMARY"]
 issuer = "Provincial Institute"
 valid_from = 2026-01-01
 valid_until = 2027-12-31
@@ -55,6 +59,39 @@ points = [
   { x = 100.0, c = 0.04, U = 0.04 },
   { x = 120.0, c = 0.06, U = 0.05 },
 ]
+"""
+
+# The standards the transformers' certificates were made with: the CT's through a provincial
+# public standard (calibrated in turn against the national primary), the VT's directly.
+STANDARDS = """
+[[standard]]
+id = "CN-CT-PRIMARY"
+level = "national-primary"
+name = "national primary standard of current ratio"
+
+[[standard]]
+id = "CN-VT-PRIMARY"
+level = "national-primary"
+name = "national primary standard of voltage ratio"
+
+[[standard]]
+id = "HB-CT-STD"
+level = "public"
+name = "provincial standard current transformer"
+assessment_certificate = "[2024]鄂量标证字第0042号"
+assessment_valid_until = 2029-03-31
+
+[[certificate]]
+id = "NIM-CT-2025"
+subject = "HB-CT-STD"
+route = "NMI-CIPM-MRA"
+issuer = "National Institute of Metrology, China"
+made_with = ["CN-CT-PRIMARY"]
+valid_from = 2025-03-01
+valid_until = 2027-02-28
+unit = "%"
+convention = "error"
+points = [{ x = 100.0, c = 0.002, U = 0.002 }]
 """
 
 STATION = """\
@@ -110,14 +147,21 @@ def station_form(register_text: str) -> str:
     )
 
 
-async def started(tmp_path: Path, *, ct: str = "JD-CT") -> tuple[StationConfig, ChannelSpec]:
+def register_text(ct_standard: str = "HB-CT-STD") -> str:
+    return TRANSFORMERS.replace("{ct_standard}", ct_standard)
+
+
+async def started(
+    tmp_path: Path, *, ct: str = "JD-CT", ct_standard: str = "HB-CT-STD"
+) -> tuple[StationConfig, ChannelSpec]:
+    """The channel's spec after the daemon resolved its chains at NOW from the register."""
     config = parse_config(station_text(tmp_path, ct), file="station.toml")
     register = tmp_path / "register.toml"
-    register.write_text(TRANSFORMERS, encoding="utf-8")
+    register.write_text(STANDARDS + register_text(ct_standard), encoding="utf-8")
     assert main(["certs", "import", str(register), "--db", config.store_url]) == 0
     store = await AsyncStore.open(config.store_url, station="plant-1")
     try:
-        chains = await Station(config)._chains(store)
+        chains = await Station(config)._chains(store, at=NOW)
     finally:
         await store.aclose()
     return config, spec_of(config, chains)
@@ -137,14 +181,16 @@ async def test_register_ct_and_vt_certificates_scale_as_the_station_files_do(
 ) -> None:
     _config, from_register = await started(tmp_path)
     in_file = parse_config(
-        station_text(tmp_path / "other", "JD-CT") + station_form(TRANSFORMERS),
+        station_text(tmp_path / "other", "JD-CT") + station_form(register_text()),
         file="s.toml",
     )
     assert list(config_warnings(in_file)) == []
-    from_file = spec_of(in_file, {})
+    from_file = spec_of(in_file, {})  # the file's certificates alone: no register chain
     assert from_register.scale == from_file.scale
     assert from_register.scale != 40.0 * 100.0  # the VT's calibrated ratio, not K_n
-    assert from_register.chain_ids == ("JD-METER", "JD-CT", "CAL-VT") == from_file.chain_ids
+    assert from_file.chain_ids == ("JD-METER", "JD-CT", "CAL-VT")
+    # The register adds the certificate the CT's standard rests on.
+    assert from_register.chain_ids == ("JD-METER", "JD-CT", "NIM-CT-2025", "CAL-VT")
     for moment in (NOW, LATER):
         ours = read(from_register, 0.0, 1250.0, time=moment)
         theirs = read(from_file, 0.0, 1250.0, time=moment)
@@ -152,11 +198,28 @@ async def test_register_ct_and_vt_certificates_scale_as_the_station_files_do(
             assert mine.value == expected.value
             assert mine.u == expected.u
             assert mine.expanded_u == expected.expanded_u
-            assert mine.flags == expected.flags
-            assert mine.chain == expected.chain
-    # The register's CT certificate's dates count: it expired on 2026-06-30.
+    # The register's CT certificate's dates count: it expired on 2026-06-30, and with it
+    # the chain the register knows (the file alone knows only the certificate's dates).
     assert read(from_register, 1250.0)[0].flags == ()
-    assert read(from_register, 1250.0, time=LATER)[0].flags == ("CERT_EXPIRED",)
+    assert read(from_file, 1250.0, time=LATER)[0].flags == ("CERT_EXPIRED",)
+    assert read(from_register, 1250.0, time=LATER)[0].flags == ("CERT_EXPIRED", "CHAIN_BROKEN")
+
+
+async def test_a_transformer_whose_own_chain_is_broken_breaks_the_channels(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The CT was verified against a standard the register does not hold: the meter's
+    # readings rest on an untraceable ratio.
+    with caplog.at_level(logging.WARNING, logger="gateway.daemon"):
+        _config, spec = await started(tmp_path, ct_standard="HB-CT-UNKNOWN")
+    assert spec.chain is not None
+    assert spec.chain.broken
+    assert "CT " in spec.chain.problem
+    assert "'HB-CT-UNKNOWN' is not in the register" in spec.chain.problem
+    assert "meter-1/energy: chain JD-METER → JD-CT → CAL-VT BROKEN (CT" in caplog.text
+    (reading,) = read(spec, 1250.0)
+    assert reading.flags == ("CHAIN_BROKEN",)
+    assert reading.chain == ("JD-METER", "JD-CT", "CAL-VT")
 
 
 def test_check_config_warns_instead_of_refusing_a_transformer_certificate_not_in_the_file(
@@ -191,7 +254,7 @@ async def test_a_transformer_certificate_in_neither_place_leaves_the_channel_unc
 async def test_a_register_transformer_calibration_in_another_unit_is_refused(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    register = TRANSFORMERS.replace('unit = "%"', 'unit = "1"')
+    register = register_text().replace('unit = "%"', 'unit = "1"')
     config = parse_config(station_text(tmp_path, "JD-CT"), file="station.toml")
     path = tmp_path / "register.toml"
     path.write_text(register, encoding="utf-8")
@@ -205,3 +268,58 @@ async def test_a_register_transformer_calibration_in_another_unit_is_refused(
     assert 'CAL-VT: a transformer calibration certificate is in "%"' in caplog.text
     (reading,) = read(spec_of(config, chains), 1250.0)
     assert reading.flags == ("NO_CERTIFICATE",)
+
+
+METER_IN_REGISTER = """
+[[standard]]
+id = "CN-ENERGY-PRIMARY"
+level = "national-primary"
+
+[[certificate]]
+id = "JD-METER"
+kind = "verification"
+subject = "meter-1"
+route = "legal metrology institute"
+accreditation = "(鄂)法计(2021)01001号"
+made_with = ["CN-ENERGY-PRIMARY"]
+issuer = "Hubei Institute of Measurement and Testing Technology"
+procedure = "JJG 596-2012"
+valid_from = 2026-01-01
+valid_until = 2026-12-31
+unit = "kWh"
+passed = true
+mpe = { rule = "energy-meter", class = "0.5S" }
+"""
+
+
+def test_chain_command_walks_the_channels_transformers_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    station = tmp_path / "station.toml"
+    station.write_text(station_text(tmp_path, "JD-CT"), encoding="utf-8")
+    register = tmp_path / "register.toml"
+    register.write_text(STANDARDS + register_text() + METER_IN_REGISTER, encoding="utf-8")
+    assert main(["certs", "import", str(register), "--config", str(station)]) == 0
+    capsys.readouterr()
+    command = ["chain", "meter-1/energy", "--config", str(station), "--at"]
+    assert main([*command, "2026-06-01"]) == 0
+    out = capsys.readouterr().out
+    assert "OK: traceable to CN-ENERGY-PRIMARY" in out
+    assert "CT certificate JD-CT:" in out
+    assert "OK   HB-CT-STD [public]: NIM-CT-2025" in out
+    assert "OK: traceable to CN-CT-PRIMARY" in out
+    assert "VT certificate CAL-VT:" in out
+    assert "OK: traceable to CN-VT-PRIMARY" in out
+    # After the CT's certificate expired the channel's chain is broken there.
+    assert main([*command, "2026-10-01"]) == 1
+    out = capsys.readouterr().out
+    assert "OK: traceable to CN-ENERGY-PRIMARY" in out  # the meter's own chain holds
+    assert "BROKEN at CT-A (JD-CT): expired 2026-06-30" in out
+    # With --db only, the register does not know the channel's transformers.
+    url = parse_station(station).store_url
+    assert main(["chain", "meter-1/energy", "--db", url, "--at", "2026-06-01"]) == 0
+    assert "CT certificate" not in capsys.readouterr().out
+
+
+def parse_station(path: Path) -> StationConfig:
+    return parse_config(path.read_text(encoding="utf-8"), file=str(path))
