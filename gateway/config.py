@@ -218,6 +218,9 @@ class TransformerConfig(_Model):
     accuracy_class: str | None = Field(default=None, alias="class", min_length=1)
     certificate: str | None = Field(default=None, min_length=1)
     load: float = Field(default=1.0, gt=0, le=2)
+    # Phase displacement limit in minutes of arc, for a channel's `power_factor` below 1;
+    # default: the class's (or the file's verification certificate's class) at `load`.
+    phase_mpe: float | None = Field(default=None, ge=0, le=600)
 
     @field_validator("ratio")
     @classmethod
@@ -243,6 +246,20 @@ class Channel(_Model):
     coverage_factor: float = Field(default=2.0, gt=0, le=10)
     ct: TransformerConfig | None = None
     vt: TransformerConfig | None = None
+    # cos φ of the metering point, written as the energy-meter rules write it ("1", "0.8L"
+    # lagging/inductive, "0.8C" leading/capacitive): below 1 the CT's and VT's phase
+    # displacements act on the energy, (δ_I - δ_U)·tan φ (`calibration.phase_error_factor`).
+    power_factor: str | None = Field(default=None, pattern=r"^(1|1\.0+|0?\.[0-9]+[LC])$")
+
+    @property
+    def phase(self) -> tuple[float, bool] | None:
+        """(cos φ, lagging) from `power_factor`; None when not stated."""
+        text = self.power_factor
+        if text is None:
+            return None
+        if text[-1] in "LC":
+            return float(text[:-1]), text[-1] == "L"
+        return float(text), True
 
 
 class Instrument(_Model):
@@ -687,12 +704,73 @@ def _check_instrument(
             transformer = getattr(channel, name)
             if transformer is not None:
                 yield from _check_transformer(transformer, name, (*at, name), certificates)
+        yield from _check_power_factor(channel, at, certificates)
         named = certificates.get(channel.certificate) if channel.certificate else None
         if named is not None and named.unit != channel.unit:
             yield (
                 (*at, "unit"),
                 f'"{channel.unit}" differs from certificate {named.id} unit "{named.unit}"',
             )
+
+
+def _check_power_factor(
+    channel: Channel, where: tuple[Any, ...], certificates: dict[str, CertificateConfig]
+) -> Iterator[tuple[tuple[Any, ...], str]]:
+    """`power_factor` needs a CT or VT, and below 1 each one's phase displacement limit."""
+    phase = channel.phase
+    if phase is None:
+        return
+    cos_phi, _lagging = phase
+    if not 0.0 < cos_phi <= 1.0:
+        yield (*where, "power_factor"), f"cos φ must lie in (0, 1], got {cos_phi:g}"
+        return
+    if channel.ct is None and channel.vt is None:
+        yield (
+            (*where, "power_factor"),
+            (
+                "applies to a channel measuring through a CT or VT (their phase "
+                "displacement); this channel has neither"
+            ),
+        )
+        return
+    if cos_phi == 1.0:
+        return
+    for name in ("ct", "vt"):
+        transformer: TransformerConfig | None = getattr(channel, name)
+        if transformer is not None and phase_limit(transformer, name, certificates) is None:
+            yield (
+                (*where, name),
+                (
+                    f"power_factor {channel.power_factor} needs the {name.upper()}'s phase "
+                    "displacement limit: give phase_mpe (minutes of arc), or a class that "
+                    "states one"
+                ),
+            )
+
+
+def phase_limit(
+    transformer: TransformerConfig, name: str, certificates: dict[str, CertificateConfig]
+) -> float | None:
+    """A CT's or VT's phase displacement limit in minutes, or None where nothing states one.
+
+    `phase_mpe` when given; else the limit of its `class` at its `load`, or of the class of
+    its verification certificate in this file (``mpe = { rule = "transformer", … }``).
+    """
+    if transformer.phase_mpe is not None:
+        return transformer.phase_mpe
+    from calibration import CalibrationError, transformer_limits  # noqa: PLC0415
+
+    kind: Literal["current", "voltage"] = "current" if name == "ct" else "voltage"
+    accuracy_class, load = transformer.accuracy_class, transformer.load
+    named = certificates.get(transformer.certificate) if transformer.certificate else None
+    if accuracy_class is None and named is not None and isinstance(named.mpe, TransformerRule):
+        accuracy_class, load = named.mpe.accuracy_class, named.mpe.load
+    if accuracy_class is None:
+        return None
+    try:
+        return transformer_limits(kind, accuracy_class, load=load)[1]
+    except CalibrationError:
+        return None  # the class itself is reported by `_check_transformer`
 
 
 def _check_transformer(

@@ -21,6 +21,7 @@ from calibration import (
     calibrated_ratio,
     correct,
     energy_meter_mpe,
+    phase_error_factor,
     transformer_mpe,
     verify,
     within,
@@ -53,6 +54,7 @@ from gateway.config import (
     TransformerConfig,
     TransformerRule,
     VisaBus,
+    phase_limit,
 )
 from gateway.config import ModbusTcpBus as ModbusTcpBusConfig
 from gateway.pipeline import ChannelChain, ChannelModel, ChannelSpec, Factor
@@ -391,7 +393,46 @@ def channel_model(
         factors.append(factor)
         if model is not None:
             dated.append(model)
+    phase = phase_factor(channel, certificates)
+    if phase is not None:
+        factors.append(phase)
     return ChannelModel(certificate=certificate, factors=tuple(factors), dated=tuple(dated))
+
+
+def phase_factor(channel: Channel, certificates: Mapping[str, CertificateConfig]) -> Factor | None:
+    """The factor 1 + (δ_I - δ_U)·tan φ at the channel's `power_factor`, or None at cos φ = 1.
+
+    δ_I and δ_U lie within the CT's and VT's phase displacement limits (rectangular; a
+    missing transformer contributes nothing): `calibration.phase_error_factor`.
+
+    Raises:
+        CalibrationError: a transformer states no phase displacement limit (check-config
+            reports it for the file).
+    """
+    phase = channel.phase
+    if phase is None or phase[0] == 1.0 or (channel.ct is None and channel.vt is None):
+        return None
+    cos_phi, lagging = phase
+    limits: dict[str, float] = {}
+    for name in ("ct", "vt"):
+        transformer: TransformerConfig | None = getattr(channel, name)
+        if transformer is None:
+            limits[name] = 0.0
+            continue
+        limit = phase_limit(transformer, name, dict(certificates))
+        if limit is None:
+            raise CalibrationError(
+                f"power_factor {channel.power_factor}: the {name.upper()} states no phase "
+                "displacement limit (give phase_mpe or a class that states one)"
+            )
+        limits[name] = limit
+    result = phase_error_factor(
+        cos_phi,
+        current_phase_mpe_min=limits["ct"],
+        voltage_phase_mpe_min=limits["vt"],
+        inductive=lagging,
+    )
+    return Factor(result=result)
 
 
 def channel_specs(

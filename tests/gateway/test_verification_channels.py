@@ -218,6 +218,98 @@ def test_a_calibrated_ct_corrects_the_ratio() -> None:
     assert reading.chain == ("JD-METER", "CAL-CT")
 
 
+def with_power_factor(power_factor: str, text: str = STATION) -> str:
+    old = 'certificate = "JD-METER"\n    [instrument.channel.ct]'
+    assert old in text
+    new = (
+        f'certificate = "JD-METER"\n  power_factor = "{power_factor}"\n    [instrument.channel.ct]'
+    )
+    return text.replace(old, new)
+
+
+ARCMIN = math.pi / (180.0 * 60.0)
+
+
+@pytest.mark.parametrize("power_factor", ["0.8L", "0.5C"])
+def test_below_unit_power_factor_the_phase_displacements_count(power_factor: str) -> None:
+    # E = E_meter·K_I·K_U·(1 + (δ_I - δ_U)·tan φ), δ within the classes' limits: 10' for the
+    # 0.2S CT and for the 0.2 VT (IEC 61869-2/-3); the sign of tan φ does not change u.
+    cos_phi = float(power_factor[:-1])
+    energy = specs(station(with_power_factor(power_factor)))["import-energy"]
+    (reading,) = read(energy, 31.25)
+    meter = ureal(31.25, type_b.uniform(0.005 * 31.25))
+    ct = ureal(40.0, type_b.uniform(0.002 * 40.0))
+    vt = ureal(100.0, type_b.uniform(0.002 * 100.0))
+    delta_i = ureal(0.0, type_b.uniform(10.0 * ARCMIN))
+    delta_u = ureal(0.0, type_b.uniform(10.0 * ARCMIN))
+    tan_phi = math.sqrt(1.0 - cos_phi**2) / cos_phi
+    primary = meter * ct * vt * (1.0 + (delta_i - delta_u) * tan_phi)
+    assert reading.value == pytest.approx(125_000.0, rel=1e-12)  # no correction: verified
+    assert reading.u == pytest.approx(primary.u, rel=1e-9)
+    (at_unity,) = read(specs(station())["import-energy"], 31.25)
+    assert reading.u is not None
+    assert at_unity.u is not None
+    assert reading.u > at_unity.u
+    # Stated as 1, the budget is DOMAIN.md case 3's.
+    (stated_unity,) = read(specs(station(with_power_factor("1")))["import-energy"], 31.25)
+    assert stated_unity.u == at_unity.u
+
+
+def test_a_stated_phase_limit_serves_a_calibrated_ct() -> None:
+    calibrated = STATION.replace(
+        'class = "0.2S"\n    certificate = "JD-CT"', 'certificate = "CAL-CT"\n    phase_mpe = 5'
+    ) + (
+        "\n[[certificate]]\n"
+        'id = "CAL-CT"\nvalid_from = 2026-01-01\nvalid_until = 2027-01-01\nunit = "%"\n'
+        'convention = "error"\n'
+        "points = [{ x = 20.0, c = -0.10, U = 0.04 }, { x = 100.0, c = -0.05, U = 0.02 }]\n"
+    )
+    energy = specs(station(with_power_factor("0.8L", calibrated)))["import-energy"]
+    (reading,) = read(energy, 31.25)
+    meter = ureal(31.25, type_b.uniform(0.005 * 31.25))
+    ct = 40.0 / (1.0 + ureal(-0.05, 0.01) / 100.0)
+    vt = ureal(100.0, type_b.uniform(0.002 * 100.0))
+    phase = 1.0 + (
+        ureal(0.0, type_b.uniform(5.0 * ARCMIN)) - ureal(0.0, type_b.uniform(10.0 * ARCMIN))
+    ) * (0.6 / 0.8)
+    primary = meter * ct * vt * phase
+    assert reading.value == pytest.approx(primary.x, rel=1e-12)
+    assert reading.u == pytest.approx(primary.u, rel=1e-9)
+    # Without phase_mpe nothing states the calibrated CT's phase displacement.
+    found = problems_of(with_power_factor("0.8L", calibrated.replace("    phase_mpe = 5\n", "")))
+    assert any(
+        "instrument[0].channel[0].ct: power_factor 0.8L needs the CT's phase displacement "
+        "limit" in problem
+        for problem in found
+    ), found
+
+
+@pytest.mark.parametrize(
+    ("power_factor", "expected"),
+    [
+        ("0.8X", "instrument[0].channel[0].power_factor: String should match pattern"),
+        ("1.2", "instrument[0].channel[0].power_factor: String should match pattern"),
+        (".0L", "instrument[0].channel[0].power_factor: cos φ must lie in (0, 1], got 0"),
+    ],
+)
+def test_a_malformed_power_factor_is_named(power_factor: str, expected: str) -> None:
+    found = problems_of(with_power_factor(power_factor))
+    assert any(expected in problem for problem in found), found
+
+
+def test_a_power_factor_without_transformers_is_refused() -> None:
+    text = STATION.replace(
+        'source = "combined_active_energy"',
+        'source = "combined_active_energy"\n  power_factor = "0.8L"',
+    )
+    found = problems_of(text)
+    assert any(
+        "instrument[0].channel[1].power_factor: applies to a channel measuring through a CT or VT"
+        in problem
+        for problem in found
+    ), found
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
