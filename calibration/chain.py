@@ -310,6 +310,36 @@ def _walk(
     return _Walk(at=at, value=value, by_subject=by_subject, standards=known)
 
 
+_JUST_AFTER = timedelta(microseconds=1)
+
+
+def next_change(
+    records: Iterable[CertificateRecord],
+    standards: Iterable[Standard],
+    after: datetime,
+) -> datetime | None:
+    """The first instant after `after` at which a chain resolved from the register may change.
+
+    That is when a certificate becomes valid (its issue) or stops being valid (just after
+    its last valid instant), or a public standard's assessment certificate runs out: a walk
+    at that instant may choose another certificate (a renewal registered in advance) or fail
+    a link. None when nothing of the register changes after `after`.
+    """
+    _require_aware(after, "after")
+    instants = [
+        moment
+        for record in records
+        for moment in (record.issued, record.expires + _JUST_AFTER)
+        if moment > after
+    ] + [
+        standard.assessment_valid_until + _JUST_AFTER
+        for standard in standards
+        if standard.assessment_valid_until is not None
+        and standard.assessment_valid_until + _JUST_AFTER > after
+    ]
+    return min(instants, default=None)
+
+
 def _choose(candidates: list[CertificateRecord], at: datetime) -> CertificateRecord | None:
     """The certificate valid at `at` issued last; else the last one issued before `at`."""
     valid = [c for c in candidates if c.valid_at(at)]

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from calibration import CalibrationError, CertificateRecord, expiring
+from calibration import CalibrationError, CertificateRecord, Standard, expiring, next_change
 from gateway.checkpoints import Checkpoint, sign_checkpoint
 from gateway.clock import StationClock
 from gateway.config import (
@@ -57,7 +57,7 @@ from gateway.keys import (
     read_public_keys,
 )
 from gateway.pipeline import ChannelChain, ChannelSpec, Pipeline, rfc3339
-from gateway.register import load_records, open_register, resolve_channel_chains
+from gateway.register import load_records, load_standards, open_register, resolve_channel_chains
 from gateway.scheduler import BusWorker, InstrumentHealth
 from gateway.stamp import Stamped, Stamper
 from gateway.status import parse_rfc3339, write_status
@@ -85,6 +85,11 @@ class _StoreState(NamedTuple):
 
 #: Sections a reload does not apply (the store, the broker and the key are open).
 _RESTART_SECTIONS = ("station", "store", "upstream", "signing")
+# The register's dates are looked at again at least this often (a clock stepped forward, a
+# reload that brought new dates: the wait is recomputed), and a date change is acted on
+# this long after its instant (timers may fire a little early).
+_DATES_RECHECK = 3600.0
+_DATES_MARGIN = 0.05
 
 
 class _BusPlan(NamedTuple):
@@ -204,6 +209,10 @@ class Station:
         self.ready = asyncio.Event()
         self._status_unwritable = False
         self._records: list[CertificateRecord] = []
+        self._standards: list[Standard] = []
+        self._register_read = asyncio.Event()  # set whenever the register was read again
+        self._applying = asyncio.Lock()  # a reload and a date change apply one at a time
+        self.register_refreshes = 0
         self.clock = StationClock()
         self.reloads = 0
         self._buses: dict[str, _RunningBus] = {}
@@ -294,6 +303,7 @@ class Station:
             asyncio.create_task(self._watchdog(), name="watchdog"),
             asyncio.create_task(self._status_file_loop(), name="status file"),
             asyncio.create_task(self._reload_loop(), name="reload"),
+            asyncio.create_task(self._register_dates_loop(store), name="register dates"),
             asyncio.create_task(self._retention_loop(store), name="retention"),
         ]
         waits = [
@@ -317,7 +327,7 @@ class Station:
             )
         finally:
             notify("STOPPING=1")
-            await _cancel(services[2], *waits)  # no reload while stopping
+            await _cancel(services[2], services[3], *waits)  # no reload while stopping
             bus_tasks = [running.task for running in self._buses.values()]
             await self._stop_buses(list(self._buses))
             status = await self._finish_pipeline(pipeline, pipeline_task)
@@ -415,18 +425,57 @@ class Station:
                 "reload: [%s] changed; that takes effect at the next restart",
                 "], [".join(fixed),
             )
-        self.config = old.model_copy(
-            update={
-                "bus": new.bus,
-                "instrument": new.instrument,
-                "certificate": new.certificate,
-                "register_section": new.register_section,
-            }
-        )
-        changes = await self._apply(self._plan(self.config, await self._chains(store)))
+        async with self._applying:
+            self.config = old.model_copy(
+                update={
+                    "bus": new.bus,
+                    "instrument": new.instrument,
+                    "certificate": new.certificate,
+                    "register_section": new.register_section,
+                }
+            )
+            changes = await self._apply(self._plan(self.config, await self._chains(store)))
         self.reloads += 1
         log.info("reload %d applied: %s", self.reloads, changes)
         return True
+
+    async def _register_dates_loop(self, store: AsyncStore) -> None:
+        """Resolve the chains again when a certificate of the register starts or stops being valid.
+
+        A chain resolved at start ends where its first link expires; when the register
+        already holds that link's renewal (the lab's weights recalibrated, the certificate
+        imported ahead of the day), the chain resolved at the change takes it, with no
+        reload. Buses whose chains changed restart after their poll in progress (as on a
+        reload); the others keep polling. Readings acquired between the instant of the
+        change and the new chains (well under a second and a bus restart) are flagged
+        ``CHAIN_BROKEN``: not traceable rather than traceable through a link not yet
+        applied.
+        """
+        while True:
+            now = datetime.now(UTC)
+            changes_at = next_change(self._records, self._standards, now)
+            wait = _DATES_RECHECK
+            if changes_at is not None:
+                wait = min(wait, (changes_at - now).total_seconds() + _DATES_MARGIN)
+            try:
+                async with asyncio.timeout(wait):
+                    await self._register_read.wait()  # read again (reload): new dates
+                self._register_read.clear()
+                continue
+            except TimeoutError:
+                pass
+            if changes_at is None or datetime.now(UTC) < changes_at:
+                continue  # the periodic look, or the clock moved: compute again
+            async with self._applying:
+                changes = await self._apply(self._plan(self.config, await self._chains(store)))
+            self._register_read.clear()  # read just now, by this loop
+            self.register_refreshes += 1
+            log.info(
+                "register: a certificate's validity began or ended at %s; chains resolved "
+                "again: %s",
+                rfc3339(changes_at),
+                changes,
+            )
 
     def _plan(self, config: StationConfig, chains: dict[str, ChannelChain]) -> dict[str, _BusPlan]:
         """What each bus should run: its workers' members and a signature to compare."""
@@ -661,15 +710,17 @@ class Station:
         config = self.config
         now = datetime.now(UTC) if at is None else at
 
-        def resolve() -> tuple[dict[str, ChannelChain], list[CertificateRecord]]:
+        def resolve() -> tuple[dict[str, ChannelChain], list[CertificateRecord], list[Standard]]:
             engine = open_register(config.store_url)
             try:
-                return resolve_channel_chains(engine, config, now), load_records(engine)
+                chains = resolve_channel_chains(engine, config, now)
+                return chains, load_records(engine), list(load_standards(engine).values())
             finally:
                 engine.dispose()
 
         try:
-            chains, self._records = await store.call(resolve)
+            chains, self._records, self._standards = await store.call(resolve)
+            self._register_read.set()
         except (StoreError, SQLAlchemyError, CalibrationError) as exc:
             log.warning("cannot read the register (%s): calibration chains are unchecked", exc)
             self._without_register()

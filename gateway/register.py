@@ -325,15 +325,18 @@ def resolve_channel_chains(
 ) -> dict[str, ChannelChain]:
     """The calibration chain at `at` of every channel with a certificate, by ``instr/channel``.
 
-        Reads the register once; the pipeline then checks each reading's time against the
-        chain's validity window (`ChannelChain.broken_at`) and each indication against the range
-        the chain covers in the channel's unit. A channel's certificate that the station file
-        does not state is loaded from the register (`channel_certificate`) and carried by the
-        chain; one the file states wins over a register entry of the same number (logged). So
-        are the channel's CT and VT certificates (`transformer_certificate`), whose own chains up
-    to the national standards are walked and joined to the channel's (`ChannelChain.joined`):
-    a reading rests on them as much as on the meter's. `only` limits the
-        work to one ``instr/channel`` (``metrogate budget`` explains one reading).
+    The walk starts from the certificate the channel names when the register holds it (the
+    readings are corrected with that one, not with whichever its subject holds last), else
+    from the channel's (or its instrument's) subject. Reads the register once; the pipeline
+    then checks each reading's time against the chain's validity window
+    (`ChannelChain.broken_at`) and each indication against the range the chain covers in the
+    channel's unit. A channel's certificate that the station file does not state is loaded
+    from the register (`channel_certificate`) and carried by the chain; one the file states
+    wins over a register entry of the same number (logged). So are the channel's CT and VT
+    certificates (`transformer_certificate`), whose own chains up to the national standards
+    are walked and joined to the channel's (`ChannelChain.joined`): a reading rests on them
+    as much as on the meter's. `only` limits the work to one ``instr/channel`` (``metrogate
+    budget`` explains one reading).
     """
     records = load_records(engine)
     standards = load_standards(engine)
@@ -346,7 +349,9 @@ def resolve_channel_chains(
             subject = f"{instrument.id}/{channel.id}"
             if only is not None and subject != only:
                 continue
-            result = resolve_chain(subject, at, records=records, standards=standards)
+            result = resolve_certificate_chain(
+                channel.certificate, at, records=records, standards=standards
+            ) or resolve_chain(subject, at, records=records, standards=standards)
             model = _register_model(engine, subject, channel.certificate, channel.unit, in_file)
             chain = ChannelChain.from_result(
                 channel.certificate, result, unit=channel.unit, certificate=model

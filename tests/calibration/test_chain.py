@@ -12,6 +12,7 @@ from calibration.chain import (
     ChainResult,
     Standard,
     expiring,
+    next_change,
     require_traceable,
     resolve_certificate_chain,
     resolve_chain,
@@ -221,6 +222,23 @@ def test_a_certificate_pinned_by_number_is_walked_even_when_its_subject_has_a_ne
     assert failed is not None
     assert [link.subject for link in failed.failures] == ["ENT-PRT"]
     assert resolve_certificate_chain("C-NONE", AT, records=VALID, standards=STANDARDS) is None
+
+
+def test_next_change_is_the_first_start_or_end_of_validity_after_the_instant() -> None:
+    # VALID: every record issued 2026-01-10, valid a year; PROV-PRT's assessment to 2028.
+    ends = next_change(VALID, STANDARDS, AT)
+    assert ends == ISSUED + YEAR + timedelta(microseconds=1)  # the first no longer valid
+    assert not VALID[0].valid_at(ends)
+    assert VALID[0].valid_at(ends - timedelta(microseconds=1))
+    renewal = record("C-ENT-2027", "ENT-PRT", "PROV-PRT", issued=AT + timedelta(days=30))
+    assert next_change([*VALID, renewal], STANDARDS, AT) == AT + timedelta(days=30)
+    assert next_change(VALID, STANDARDS, ISSUED - timedelta(days=1)) == ISSUED
+    # After every certificate ended, the public standard's assessment is what is left.
+    later = datetime(2027, 6, 1, tzinfo=UTC)
+    assert next_change(VALID, STANDARDS, later) == datetime(2028, 1, 1, 0, 0, 0, 1, tzinfo=UTC)
+    assert next_change(VALID, STANDARDS, datetime(2029, 1, 1, tzinfo=UTC)) is None
+    with pytest.raises(ValueError, match="timezone-aware"):
+        next_change(VALID, STANDARDS, datetime(2026, 6, 1))  # noqa: DTZ001 - the point
 
 
 def test_expiring_lists_records_within_the_horizon_soonest_first() -> None:

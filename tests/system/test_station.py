@@ -737,3 +737,61 @@ async def test_a_certificate_imported_into_the_register_applies_after_a_reload(
         assert reading["U"] > 0
     assert "restarted ['com1']" in bench.log()
     check_upstream(collected, rows)  # every reading once, seq contiguous, chain verifies
+
+
+RENEWAL = """
+[[certificate]]
+id = "C-E2-RENEWED"
+subject = "E2-SET"
+issuer = "Zhejiang Institute of Metrology"
+accreditation = "(国)法计(2020)01001号"
+route = "legal metrology institute"
+made_with = ["NIM-KG"]
+valid_from = {valid_from}
+valid_until = 2099-12-31
+unit = "g"
+range = [1.0, 2000.0]
+"""
+
+
+async def test_a_renewal_in_the_register_takes_over_when_the_old_link_expires(
+    bench: Bench,
+) -> None:
+    """The lab's E2 weights recalibrated, the renewal imported ahead of the day: no reload."""
+    change = (datetime.now(UTC) + timedelta(seconds=8)).replace(microsecond=0)
+    last_valid = change - timedelta(microseconds=1)
+    old_c_e2, _, rest = REGISTER.rpartition("valid_until = 2099-12-31")  # C-E2's, the last
+    register_text = (
+        old_c_e2
+        + f"valid_until = {last_valid.isoformat().replace('+00:00', 'Z')}"
+        + rest
+        + RENEWAL.format(valid_from=change.isoformat().replace("+00:00", "Z"))
+    )
+    register = bench.tmp / "register.toml"
+    register.write_text(register_text, encoding="utf-8")
+    (bench.tmp / "data").mkdir(exist_ok=True)
+    assert cli_main(["certs", "import", str(register), "--config", str(bench.config)]) == 0
+    process = await bench.daemon()
+    async with asyncio.timeout(30):
+        while "chains resolved again" not in bench.log():
+            await asyncio.sleep(0.1)
+    applied_from = stored(bench)[0][-1]["seq"]
+    await wait_stored(bench, applied_from + 20)
+    await stop(process, bench)
+    rows, _ = stored(bench)
+    masses = [r for r in rows if r["instrument"] == "balance-1"]
+    before = [r for r in masses if datetime.fromisoformat(r["time"]) < change]
+    assert before
+    assert all(r["chain"] == ["CAL-1", "C-E2"] and r["flags"] == [] for r in before)
+    after = [r for r in masses if r["seq"] > applied_from]
+    assert after
+    assert all(r["chain"] == ["CAL-1", "C-E2-RENEWED"] and r["flags"] == [] for r in after)
+    # Between the instant of the change and the new chains: not traceable, said so.
+    gap = [r for r in masses if r not in before and r not in after]
+    assert all(
+        r["flags"] == ["CHAIN_BROKEN"] or r["chain"] == ["CAL-1", "C-E2-RENEWED"] for r in gap
+    ), gap
+    log = bench.log()
+    assert f"a certificate's validity began or ended at {change:%Y-%m-%dT%H:%M:%S}" in log
+    assert "restarted ['com1']" in log  # the balance's bus; the meter's kept polling
+    assert list(verify_chain([{k: v for k, v in r.items() if k != "body"} for r in rows])) == []
