@@ -272,20 +272,22 @@ def resolve_certificate_chain(
     number: str,
     at: datetime,
     *,
+    value: float | None = None,
     records: Iterable[CertificateRecord],
     standards: Mapping[str, Standard] | Iterable[Standard],
 ) -> ChainResult | None:
     """Walk up from the certificate `number` itself, checking links as `resolve_chain` does.
 
-    For a certificate a configuration pins by number rather than by subject, e.g. a current
-    or voltage transformer's (the reading rests on that certificate, not on whichever its
-    subject holds last). None when the register holds no certificate of that number.
+    For a certificate a configuration pins by number rather than by subject: a channel's,
+    a current or voltage transformer's (the reading rests on that certificate, not on
+    whichever its subject holds last). `value` as for `resolve_chain`. None when the
+    register holds no certificate of that number.
     """
     records = list(records)
     pinned = [record for record in records if record.number == number]
     if not pinned:
         return None
-    walk = _walk(at, None, records, standards)
+    walk = _walk(at, value, records, standards)
     record = pinned[0]
     walk.visit(record.subject, record, depth=0, path=(record.subject,), standard=None)
     return ChainResult(

@@ -892,8 +892,16 @@ def format_chain(result: ChainResult, *, warn_days: float) -> list[str]:
 
 def _cmd_chain(args: argparse.Namespace, engine: Engine) -> int:
     at, records, standards = _at(args.at), load_records(engine), load_standards(engine)
-    result = resolve_chain(
-        args.subject, at, value=args.value, records=records, standards=standards
+    named = _channel_certificate(args)
+    pinned = named and resolve_certificate_chain(
+        named, at, value=args.value, records=records, standards=standards
+    )
+    result = (
+        dataclasses.replace(pinned, subject=args.subject)
+        if pinned
+        else resolve_chain(
+            args.subject, at, value=args.value, records=records, standards=standards
+        )
     )
     for line in format_chain(result, warn_days=args.warn_days):
         _out(line)
@@ -909,6 +917,23 @@ def _cmd_chain(args: argparse.Namespace, engine: Engine) -> int:
             _out(f"  {line}")
         ok = ok and walked.ok
     return 0 if ok else 1
+
+
+def _channel_certificate(args: argparse.Namespace) -> str | None:
+    """The certificate the channel `args.subject` names in its station file (``--config``).
+
+    The daemon walks the chain from that certificate when the register holds it (not from
+    the subject's latest), and so does ``metrogate chain``.
+    """
+    if not args.config or "/" not in args.subject:
+        return None
+    instrument_id, channel_id = args.subject.split("/", 1)
+    config = load_config(args.config)
+    for instrument in config.instrument:
+        for channel in instrument.channel:
+            if instrument.id == instrument_id and channel.id == channel_id:
+                return channel.certificate
+    return None
 
 
 def _transformer_certificates(args: argparse.Namespace) -> list[tuple[str, str]]:

@@ -19,6 +19,7 @@ from gateway.config import StationConfig, config_warnings, parse_config
 from gateway.daemon import Station
 from gateway.instruments import channel_specs
 from gateway.pipeline import Acquired, ChannelChain, ChannelSpec, measure
+from gateway.register import open_register, resolve_channel_chains
 from gateway.stamp import Measured
 from gateway.store import AsyncStore
 
@@ -319,6 +320,45 @@ def test_chain_command_walks_the_channels_transformers_too(
     url = parse_station(station).store_url
     assert main(["chain", "meter-1/energy", "--db", url, "--at", "2026-06-01"]) == 0
     assert "CT certificate" not in capsys.readouterr().out
+
+
+def test_chain_command_walks_from_the_certificate_the_channel_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A newer certificate of the same meter, issued without an authorisation number, is in
+    # the register; the station file still names JD-METER, and so does the daemon's walk.
+    newer = (
+        METER_IN_REGISTER.split("[[certificate]]")[1]
+        .replace('id = "JD-METER"', 'id = "JD-METER-2"')
+        .replace('accreditation = "(鄂)法计(2021)01001号"\n', "")
+        .replace("valid_from = 2026-01-01", "valid_from = 2026-05-01")
+    )
+    station = tmp_path / "station.toml"
+    station.write_text(station_text(tmp_path, "JD-CT"), encoding="utf-8")
+    register = tmp_path / "register.toml"
+    register.write_text(
+        STANDARDS + register_text() + METER_IN_REGISTER + "[[certificate]]" + newer,
+        encoding="utf-8",
+    )
+    assert main(["certs", "import", str(register), "--config", str(station)]) == 0
+    url = parse_station(station).store_url
+    capsys.readouterr()
+    assert main(["chain", "meter-1/energy", "--db", url, "--at", "2026-06-01"]) == 1
+    assert "BROKEN at meter-1/energy (JD-METER-2): issuer" in capsys.readouterr().out
+    command = ["chain", "meter-1/energy", "--config", str(station), "--at", "2026-06-01"]
+    assert main(command) == 0
+    out = capsys.readouterr().out
+    assert "JD-METER verification" in out
+    assert "JD-METER-2" not in out
+    # The daemon's resolution walks the same way.
+    engine = open_register(url)
+    try:
+        chains = resolve_channel_chains(engine, parse_station(station), NOW)
+    finally:
+        engine.dispose()
+    chain = chains["meter-1/energy"]
+    assert not chain.broken, chain.problem
+    assert "JD-METER-2" not in chain.certificate_ids
 
 
 def parse_station(path: Path) -> StationConfig:
