@@ -90,6 +90,7 @@ _RESTART_SECTIONS = ("station", "store", "upstream", "signing")
 # this long after its instant (timers may fire a little early).
 _DATES_RECHECK = 3600.0
 _DATES_MARGIN = 0.05
+_DATES_RETRY = 30.0  # s: a date change the register could not be read for is retried
 
 
 class _BusPlan(NamedTuple):
@@ -213,6 +214,7 @@ class Station:
         self._register_read = asyncio.Event()  # set whenever the register was read again
         self._applying = asyncio.Lock()  # a reload and a date change apply one at a time
         self.register_refreshes = 0
+        self._chains_in_use: dict[str, ChannelChain] = {}
         self.clock = StationClock()
         self.reloads = 0
         self._buses: dict[str, _RunningBus] = {}
@@ -295,7 +297,7 @@ class Station:
         forwarder, checkpointer, pipeline = self._assemble(store, state, key)
         self.pipeline, self.forwarder, self.checkpointer = pipeline, forwarder, checkpointer
         self._store = store
-        await self._apply(self._plan(self.config, await self._chains(store)))
+        await self._use(await self._chains(store))
         forward_task = asyncio.create_task(forwarder.run(), name="forwarder")
         checkpoint_task = asyncio.create_task(checkpointer.run(), name="checkpointer")
         pipeline_task = asyncio.create_task(pipeline.run(), name="pipeline")
@@ -404,7 +406,9 @@ class Station:
         reload neither loses nor repeats a reading. Changes to [station], [store],
         [upstream] and [signing] take effect at the next restart (said in the log). A file
         with problems changes nothing: each problem is logged with its file, line and key.
-        Returns whether the new configuration was applied.
+        A register that cannot be read keeps the chains in use (a reload never turns a
+        checked chain into an unchecked one). Returns whether the new configuration was
+        applied.
         """
         path, store = self.config_path, self._store
         if path is None or store is None:
@@ -434,7 +438,15 @@ class Station:
                     "register_section": new.register_section,
                 }
             )
-            changes = await self._apply(self._plan(self.config, await self._chains(store)))
+            chains = await self._read_chains(store)
+            if chains is None:
+                log.warning(
+                    "reload: the register cannot be read; the chains in use are kept (new "
+                    "channels' chains are unchecked until it can)"
+                )
+                self._without_register()
+                chains = self._chains_in_use
+            changes = await self._use(chains)
         self.reloads += 1
         log.info("reload %d applied: %s", self.reloads, changes)
         return True
@@ -449,26 +461,35 @@ class Station:
         reload); the others keep polling. Readings acquired between the instant of the
         change and the new chains (well under a second and a bus restart) are flagged
         ``CHAIN_BROKEN``: not traceable rather than traceable through a link not yet
-        applied.
+        applied. A register that cannot be read at that moment keeps the chains in use
+        (broken from the old link's expiry, so flagged) and is tried again every
+        `_DATES_RETRY` seconds.
         """
+        overdue: datetime | None = None  # a change the register could not be read for
         while True:
             now = datetime.now(UTC)
-            changes_at = next_change(self._records, self._standards, now)
-            wait = _DATES_RECHECK
-            if changes_at is not None:
+            changes_at = overdue or next_change(self._records, self._standards, now)
+            wait = _DATES_RETRY if overdue else _DATES_RECHECK
+            if changes_at is not None and overdue is None:
                 wait = min(wait, (changes_at - now).total_seconds() + _DATES_MARGIN)
             try:
                 async with asyncio.timeout(wait):
                     await self._register_read.wait()  # read again (reload): new dates
                 self._register_read.clear()
+                overdue = None
                 continue
             except TimeoutError:
                 pass
             if changes_at is None or datetime.now(UTC) < changes_at:
                 continue  # the periodic look, or the clock moved: compute again
             async with self._applying:
-                changes = await self._apply(self._plan(self.config, await self._chains(store)))
+                chains = await self._read_chains(store)
+                if chains is None:  # keep the chains in use; try again shortly
+                    overdue = changes_at
+                    continue
+                changes = await self._use(chains)
             self._register_read.clear()  # read just now, by this loop
+            overdue = None
             self.register_refreshes += 1
             log.info(
                 "register: a certificate's validity began or ended at %s; chains resolved "
@@ -498,6 +519,11 @@ class Station:
             signature = repr((bus, instruments, used))
             plans[bus.id] = _BusPlan(bus, members, signature)
         return plans
+
+    async def _use(self, chains: dict[str, ChannelChain]) -> str:
+        """Run the buses of the current configuration with `chains`; describe the changes."""
+        self._chains_in_use = chains
+        return await self._apply(self._plan(self.config, chains))
 
     async def _apply(self, plans: dict[str, _BusPlan]) -> str:
         """Start, stop and restart bus workers so that they match `plans`; describe it."""
@@ -707,6 +733,16 @@ class Station:
         chain unchecked (the certificate alone), said in the log; acquisition does not wait
         for it.
         """
+        chains = await self._read_chains(store, at)
+        if chains is None:
+            self._without_register()
+            return {}
+        return chains
+
+    async def _read_chains(
+        self, store: AsyncStore, at: datetime | None = None
+    ) -> dict[str, ChannelChain] | None:
+        """`_chains`, or None (logged) when the register cannot be read."""
         config = self.config
         now = datetime.now(UTC) if at is None else at
 
@@ -723,8 +759,7 @@ class Station:
             self._register_read.set()
         except (StoreError, SQLAlchemyError, CalibrationError) as exc:
             log.warning("cannot read the register (%s): calibration chains are unchecked", exc)
-            self._without_register()
-            return {}
+            return None
         for subject, chain in chains.items():
             links = " → ".join(chain.certificate_ids)
             if not chain.checked:

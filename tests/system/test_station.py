@@ -795,3 +795,73 @@ async def test_a_renewal_in_the_register_takes_over_when_the_old_link_expires(
     assert f"a certificate's validity began or ended at {change:%Y-%m-%dT%H:%M:%S}" in log
     assert "restarted ['com1']" in log  # the balance's bus; the meter's kept polling
     assert list(verify_chain([{k: v for k, v in r.items() if k != "body"} for r in rows])) == []
+
+
+def break_register(bench: Bench) -> None:
+    """Make the register unreadable: its certificates table becomes a view that fails."""
+    engine = create_engine(f"sqlite:///{bench.tmp / 'data' / 'metrogate.db'}")
+    with engine.begin() as connection:
+        connection.execute(text("ALTER TABLE register_certificates RENAME TO kept_aside"))
+        connection.execute(
+            text("CREATE VIEW register_certificates AS SELECT no_such_column FROM kept_aside")
+        )
+    engine.dispose()
+
+
+def mend_register(bench: Bench) -> None:
+    engine = create_engine(f"sqlite:///{bench.tmp / 'data' / 'metrogate.db'}")
+    with engine.begin() as connection:
+        connection.execute(text("DROP VIEW register_certificates"))
+        connection.execute(text("ALTER TABLE kept_aside RENAME TO register_certificates"))
+    engine.dispose()
+
+
+async def test_an_unreadable_register_at_a_date_change_keeps_the_chains_in_use(
+    bench: Bench,
+) -> None:
+    """Not silently unchecked: the old chain stays, and is broken from its link's expiry."""
+    change = (datetime.now(UTC) + timedelta(seconds=8)).replace(microsecond=0)
+    old_c_e2, _, rest = REGISTER.rpartition("valid_until = 2099-12-31")
+    register = bench.tmp / "register.toml"
+    register.write_text(
+        old_c_e2
+        + f"valid_until = {(change - timedelta(microseconds=1)).isoformat()}"
+        + rest
+        + RENEWAL.format(valid_from=change.isoformat()),
+        encoding="utf-8",
+    )
+    (bench.tmp / "data").mkdir(exist_ok=True)
+    assert cli_main(["certs", "import", str(register), "--config", str(bench.config)]) == 0
+    process = await bench.daemon()
+    await wait_stored(bench, 5)
+    break_register(bench)
+    async with asyncio.timeout(30):
+        while "cannot read the register" not in bench.log():
+            await asyncio.sleep(0.1)
+    failed_from = stored(bench)[0][-1]["seq"]
+    await wait_stored(bench, failed_from + 5)
+    process.send_signal(signal.SIGHUP)  # a reload while it is unreadable keeps them too
+    async with asyncio.timeout(20):
+        while "reload 1 applied" not in bench.log():
+            await asyncio.sleep(0.1)
+    assert "reload: the register cannot be read; the chains in use are kept" in bench.log()
+    await wait_stored(bench, stored(bench)[0][-1]["seq"] + 5)
+    kept_until = stored(bench)[0][-1]["seq"]
+    mend_register(bench)
+    process.send_signal(signal.SIGHUP)
+    async with asyncio.timeout(20):
+        while "reload 2 applied" not in bench.log():
+            await asyncio.sleep(0.1)
+    mended_from = stored(bench)[0][-1]["seq"]
+    await wait_stored(bench, mended_from + 10)
+    await stop(process, bench)
+    masses = [r for r in stored(bench)[0] if r["instrument"] == "balance-1"]
+    kept = [r for r in masses if failed_from < r["seq"] <= kept_until]
+    assert kept
+    assert all(r["chain"] == ["CAL-1", "C-E2"] and r["flags"] == ["CHAIN_BROKEN"] for r in kept), [
+        (r["seq"], r["time"], r["chain"], r["flags"]) for r in kept
+    ]
+    mended = [r for r in masses if r["seq"] > mended_from]
+    assert mended
+    assert all(r["chain"] == ["CAL-1", "C-E2-RENEWED"] and r["flags"] == [] for r in mended)
+    assert "chains resolved again" not in bench.log()
