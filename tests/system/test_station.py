@@ -739,6 +739,8 @@ async def test_a_certificate_imported_into_the_register_applies_after_a_reload(
     check_upstream(collected, rows)  # every reading once, seq contiguous, chain verifies
 
 
+CHANGE_AHEAD = 12  # s: a register date this far ahead lies after the daemon's start-up
+
 RENEWAL = """
 [[certificate]]
 id = "C-E2-RENEWED"
@@ -758,7 +760,7 @@ async def test_a_renewal_in_the_register_takes_over_when_the_old_link_expires(
     bench: Bench,
 ) -> None:
     """The lab's E2 weights recalibrated, the renewal imported ahead of the day: no reload."""
-    change = (datetime.now(UTC) + timedelta(seconds=8)).replace(microsecond=0)
+    change = (datetime.now(UTC) + timedelta(seconds=CHANGE_AHEAD)).replace(microsecond=0)
     last_valid = change - timedelta(microseconds=1)
     old_c_e2, _, rest = REGISTER.rpartition("valid_until = 2099-12-31")  # C-E2's, the last
     register_text = (
@@ -820,7 +822,7 @@ async def test_an_unreadable_register_at_a_date_change_keeps_the_chains_in_use(
     bench: Bench,
 ) -> None:
     """Not silently unchecked: the old chain stays, and is broken from its link's expiry."""
-    change = (datetime.now(UTC) + timedelta(seconds=8)).replace(microsecond=0)
+    change = (datetime.now(UTC) + timedelta(seconds=CHANGE_AHEAD)).replace(microsecond=0)
     old_c_e2, _, rest = REGISTER.rpartition("valid_until = 2099-12-31")
     register = bench.tmp / "register.toml"
     register.write_text(
@@ -835,6 +837,7 @@ async def test_an_unreadable_register_at_a_date_change_keeps_the_chains_in_use(
     process = await bench.daemon()
     await wait_stored(bench, 5)
     break_register(bench)
+    assert datetime.now(UTC) < change, "the daemon started too slowly for this test's dates"
     async with asyncio.timeout(30):
         while "cannot read the register" not in bench.log():
             await asyncio.sleep(0.1)
