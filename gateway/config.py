@@ -519,6 +519,25 @@ def check_references(
     yield from check_upstream_secrets(config.upstream)
 
 
+def _power_factor_warnings(
+    channel: Channel, where: tuple[Any, ...], certificates: dict[str, CertificateConfig]
+) -> Iterator[tuple[tuple[Any, ...], str]]:
+    """A meter bounded at another power factor than the one its channel states."""
+    named = certificates.get(channel.certificate or "")
+    phase = channel.phase
+    if named is None or phase is None or phase[0] == 1.0:
+        return
+    if isinstance(named.mpe, EnergyMeterRule) and named.mpe.power_factor == "1":
+        yield (
+            (*where, "power_factor"),
+            (
+                f"{channel.power_factor}, but the meter's MPE (certificate {named.id}) "
+                'is taken at power_factor "1"; state the rule\'s power_factor for these '
+                'conditions (the class tables give "0.5L" and "0.8C")'
+            ),
+        )
+
+
 def config_warnings(config: StationConfig) -> Iterator[tuple[tuple[Any, ...], str]]:
     """Yield (location, message) for what is allowed but worth saying, e.g. register lookups.
 
@@ -527,9 +546,11 @@ def config_warnings(config: StationConfig) -> Iterator[tuple[tuple[Any, ...], st
     (it may run on another machine, before the store exists), so it can only say so.
     """
     in_file = {cert.id for cert in config.certificate}
+    certificates = {cert.id: cert for cert in config.certificate}
     for index, instrument in enumerate(config.instrument):
         for number, channel in enumerate(instrument.channel):
             where = ("instrument", index, "channel", number)
+            yield from _power_factor_warnings(channel, where, certificates)
             if channel.certificate is not None and channel.certificate not in in_file:
                 yield (
                     (*where, "certificate"),

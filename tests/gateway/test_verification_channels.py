@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import pytest
 from GTC import type_b, ureal
 
-from gateway.config import StationConfig, parse_config
+from gateway.config import StationConfig, config_warnings, parse_config
 from gateway.errors import ConfigError
 from gateway.instruments import channel_specs
 from gateway.pipeline import Acquired, ChannelSpec, measure
@@ -295,6 +295,21 @@ def test_a_stated_phase_limit_serves_a_calibrated_ct() -> None:
 def test_a_malformed_power_factor_is_named(power_factor: str, expected: str) -> None:
     found = problems_of(with_power_factor(power_factor))
     assert any(expected in problem for problem in found), found
+
+
+def test_a_meter_bounded_at_unit_power_factor_is_warned_of() -> None:
+    warned = dict(config_warnings(station(with_power_factor("0.8L"))))
+    message = warned[("instrument", 0, "channel", 0, "power_factor")]
+    assert 'the meter\'s MPE (certificate JD-METER) is taken at power_factor "1"' in message
+    stated = with_power_factor("0.5L").replace(
+        'class = "0.5S" }', 'class = "0.5S", power_factor = "0.5L" }'
+    )
+    assert ("instrument", 0, "channel", 0, "power_factor") not in dict(
+        config_warnings(station(stated))
+    )
+    assert ("instrument", 0, "channel", 0, "power_factor") not in dict(
+        config_warnings(station(with_power_factor("1")))
+    )
 
 
 def test_a_power_factor_without_transformers_is_refused() -> None:
