@@ -12,7 +12,11 @@ Transformers in energy metering: the ratio error ε = (K_n·I_s - I_p)/I_p (its 
 IEC 61869-1/-2) makes the true ratio K = K_n/(1 + ε); the phase displacements δ_I, δ_U add
 the error (δ_I - δ_U)·tan φ (δ in rad) to the energy at a power factor cos φ, lagging (the
 composite error 合成误差 of a transformer pair used under DL/T 448, f_I + f_U + 0.0291·(δ_I -
-δ_U)·tan φ in % with δ in minutes; to be checked against its text). At cos φ = 1 it vanishes.
+δ_U)·tan φ in % with δ in minutes; 0.0291 = 100·π/10 800 is the conversion of minutes to
+radians in %, so the form agrees with the one used here; the sign convention of δ in its text
+is not checked, and does not matter for an uncertainty: δ_I and δ_U are symmetric bounds, not
+corrections). At cos φ = 1 it vanishes. Channels use it through ``power_factor``
+(`gateway.instruments.phase_factor`).
 
 Pure numpy; no I/O, no clock.
 """
