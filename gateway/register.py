@@ -49,6 +49,7 @@ from calibration import (
 from calibration.chain import LEVELS, ROUTES
 from gateway.config import (
     CertificateConfig,
+    Channel,
     Identifier,
     MpeRule,
     MpeValue,
@@ -892,7 +893,8 @@ def format_chain(result: ChainResult, *, warn_days: float) -> list[str]:
 
 def _cmd_chain(args: argparse.Namespace, engine: Engine) -> int:
     at, records, standards = _at(args.at), load_records(engine), load_standards(engine)
-    named = _channel_certificate(args)
+    channel = _station_channel(args)
+    named = channel.certificate if channel is not None else None
     pinned = named and resolve_certificate_chain(
         named, at, value=args.value, records=records, standards=standards
     )
@@ -906,7 +908,7 @@ def _cmd_chain(args: argparse.Namespace, engine: Engine) -> int:
     for line in format_chain(result, warn_days=args.warn_days):
         _out(line)
     ok = result.ok
-    for part, number in _transformer_certificates(args):
+    for part, number in _transformer_certificates(channel):
         walked = resolve_certificate_chain(number, at, records=records, standards=standards)
         _out("")
         if walked is None:
@@ -919,39 +921,35 @@ def _cmd_chain(args: argparse.Namespace, engine: Engine) -> int:
     return 0 if ok else 1
 
 
-def _channel_certificate(args: argparse.Namespace) -> str | None:
-    """The certificate the channel `args.subject` names in its station file (``--config``).
+def _station_channel(args: argparse.Namespace) -> Channel | None:
+    """The channel `args.subject` (``instrument/channel``) of the ``--config`` station file.
 
-    The daemon walks the chain from that certificate when the register holds it (not from
-    the subject's latest), and so does ``metrogate chain``.
+    Only the station file knows which certificate a channel names (the daemon walks its
+    chain from that one when the register holds it, not from the subject's latest) and
+    which transformers a meter's channel is wired through; with ``--db`` alone, None.
     """
     if not args.config or "/" not in args.subject:
         return None
     instrument_id, channel_id = args.subject.split("/", 1)
     config = load_config(args.config)
-    for instrument in config.instrument:
-        for channel in instrument.channel:
-            if instrument.id == instrument_id and channel.id == channel_id:
-                return channel.certificate
-    return None
+    return next(
+        (
+            channel
+            for instrument in config.instrument
+            if instrument.id == instrument_id
+            for channel in instrument.channel
+            if channel.id == channel_id
+        ),
+        None,
+    )
 
 
-def _transformer_certificates(args: argparse.Namespace) -> list[tuple[str, str]]:
-    """The CT's and VT's certificates of the channel `args.subject` names in its station file.
-
-    Only with ``--config`` (the register alone does not know which transformers a meter's
-    channel is wired through).
-    """
-    if not args.config or "/" not in args.subject:
+def _transformer_certificates(channel: Channel | None) -> list[tuple[str, str]]:
+    """("CT" or "VT", certificate number) of the channel's transformers that name one."""
+    if channel is None:
         return []
-    instrument_id, channel_id = args.subject.split("/", 1)
-    config = load_config(args.config)
     return [
         (name.upper(), transformer.certificate)
-        for instrument in config.instrument
-        if instrument.id == instrument_id
-        for channel in instrument.channel
-        if channel.id == channel_id
         for name in ("ct", "vt")
         if (transformer := getattr(channel, name)) is not None
         and transformer.certificate is not None
