@@ -6,8 +6,9 @@ the top of the heap back to the kernel whenever more than 128 KiB is free there,
 batch page-faults the same memory in again: measured here at 3.7 µs per reading, nearly half
 the cost of stamping. Raising the trim threshold and the top pad keeps that memory mapped.
 The figures are bounds on what is kept, not allocations: 32 MiB covers a 5000-reading batch
-several times over; more would only keep the high-water mark of a rare transient resident
-(seen as RSS stepping up by tens of MiB under overload with 256 MiB).
+several times over; more would only keep the high-water mark of a rare transient resident.
+(RSS stepping up by tens of MiB under overload, first blamed on a 256 MiB bound here, was
+mostly orjson's over-allocated bodies: see `gateway.canonical.right_sized`.)
 """
 
 import ctypes
