@@ -255,19 +255,26 @@ class Station:
         }
 
     def register_snapshot(self) -> dict[str, Any]:
-        """Register certificates about to expire, soonest first, for the status.
+        """Register certificates about to expire, soonest first, and its next date.
 
         Those still valid that expire within ``[register] expiry_warning_days``; an expired
-        link shows on the readings themselves (CHAIN_BROKEN).
+        link shows on the readings themselves (CHAIN_BROKEN). ``register_dates`` says when
+        the chains will next be resolved again (a validity beginning or ending) and how often
+        that happened.
         """
         now = datetime.now(UTC)
         days = self.config.register_section.expiry_warning_days
         soon = expiring(self._records, now, days)
+        changes_at = next_change(self._records, self._standards, now)
         return {
             "expiring": [
                 {"certificate": r.number, "subject": r.subject, "expires": rfc3339(r.expires)}
                 for r in soon
-            ]
+            ],
+            "register_dates": {
+                "next_change": rfc3339(changes_at) if changes_at else None,
+                "chains_resolved_again": self.register_refreshes,
+            },
         }
 
     def _write_status(self, state: str) -> None:

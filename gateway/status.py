@@ -119,6 +119,12 @@ def format_status(status: Mapping[str, Any], *, stale_after: float) -> list[str]
             f"{health.get('good', 0):>8} {health.get('skipped', 0):>8} {errors or '-':<28} "
             f"{health.get('last_good') or '-':<28} {health.get('last_error') or '-'}"
         )
+    dates = status.get("register_dates") or {}
+    if dates.get("next_change"):
+        lines.append(
+            f"register: next validity date {dates['next_change']} (the chains are resolved "
+            f"again then; {dates.get('chains_resolved_again', 0)} times so far)"
+        )
     soon = list(status.get("expiring", []))
     if soon:
         lines.append("")

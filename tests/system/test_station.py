@@ -16,7 +16,7 @@ import struct
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -621,8 +621,15 @@ async def test_certificates_about_to_expire_show_in_status(bench: Bench) -> None
     expiring = orjson.loads(out)["expiring"]
     assert [(e["certificate"], e["subject"]) for e in expiring] == [("CAL-1", "balance-1")]
     assert expiring[0]["expires"].startswith(soon)
+    the_day_after = (date.fromisoformat(soon) + timedelta(days=1)).isoformat()
+    dates = orjson.loads(out)["register_dates"]
+    assert dates == {
+        "next_change": f"{the_day_after}T00:00:00.000000Z",
+        "chains_resolved_again": 0,
+    }
     code, out, _err = await metrogate("status", "--config", str(bench.config))
     assert f"CAL-1 (balance-1) expires {soon}" in out
+    assert f"register: next validity date {the_day_after}T00:00:00.000000Z" in out
     await stop(process, bench)
 
 
@@ -796,6 +803,11 @@ async def test_a_renewal_in_the_register_takes_over_when_the_old_link_expires(
     log = bench.log()
     assert f"a certificate's validity began or ended at {change:%Y-%m-%dT%H:%M:%S}" in log
     assert "restarted ['com1']" in log  # the balance's bus; the meter's kept polling
+    status = read_status(bench.tmp / "data") or {}
+    assert status["register_dates"] == {
+        "next_change": "2100-01-01T00:00:00.000000Z",  # the end of the 2099-12-31 certificates
+        "chains_resolved_again": 1,
+    }
     assert list(verify_chain([{k: v for k, v in r.items() if k != "body"} for r in rows])) == []
 
 
