@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """The daemon SIGKILLed at random moments under load, and restarted each time.
 
-Some kills land while it starts (before or while it opens the store), most while it polls,
+Some kills land while it starts (before or while it opens the store; on a slow machine even
+the first start may be killed before it created the database), most while it polls,
 commits and publishes at once. After each kill the store passes ``PRAGMA integrity_check``
 and its head (seq and hash) is noted; at the end every noted head is still there unchanged
 (no seq reused), seqs run from 1 without a gap and every one of them arrived upstream.
@@ -37,7 +38,10 @@ async def kill_at_random_moments(bench: FaultBench, scenario: str, kills: int) -
     for _ in range(kills):
         await asyncio.sleep(rng.uniform(EARLIEST, LATEST))
         await bench.kill_daemon()
-        integrity.append(bench.integrity())
+        verdict = bench.integrity()
+        if verdict == "no store" and "ok" not in integrity:
+            verdict = "not created yet"  # killed before its first start created the database
+        integrity.append(verdict)
         heads.append(bench.head())
         await bench.start_daemon()
     await bench.wait_stored(bench.stored_seq() + 50)  # a last run long enough to catch up
@@ -48,7 +52,10 @@ async def kill_at_random_moments(bench: FaultBench, scenario: str, kills: int) -
         kill_after_s=f"{EARLIEST}..{LATEST}",
         commits_between_kills=f"{min(_gains(heads))}..{max(_gains(heads))}",
     )
-    assert integrity == ["ok"] * kills
+    # Sound after every kill; only kills before the database first existed find none (a
+    # store that vanished later would be "no store" and fail).
+    assert set(integrity) <= {"ok", "not created yet"}, integrity
+    assert integrity.count("ok") >= kills // 2, integrity
     rows = {seq: hash_ for seq, hash_, _body in bench.rows()}
     assert [(seq, rows[seq]) for seq, _hash in heads if seq] == [h for h in heads if h[0]]
     assert counts.delivered == counts.stored
