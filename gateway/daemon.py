@@ -336,7 +336,7 @@ class Station:
             )
         finally:
             notify("STOPPING=1")
-            await _cancel(services[2], services[3], *waits)  # no reload while stopping
+            await _cancel(services[2], services[3], *waits)  # no reload, no re-resolving
             bus_tasks = [running.task for running in self._buses.values()]
             await self._stop_buses(list(self._buses))
             status = await self._finish_pipeline(pipeline, pipeline_task)
