@@ -126,7 +126,7 @@ async def stored(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[Pa
     capsys.readouterr()
     store = await AsyncStore.open(config.store_url, station="lab-1")
     try:
-        chains = await Station(config)._chains(store)
+        chains = await Station(config)._chains(store, at=NOW)
     finally:
         await store.aclose()
     acquired = [

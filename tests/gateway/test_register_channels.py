@@ -173,7 +173,7 @@ async def started(
     store = await AsyncStore.open(config.store_url, station="lab-1")
     try:
         with caplog.at_level(logging.INFO):
-            chains = await Station(config)._chains(store)
+            chains = await Station(config)._chains(store, at=NOW)
     finally:
         await store.aclose()
     return config, chains

@@ -200,7 +200,7 @@ def station_form(register_text: str) -> str:
 async def chains_of(config: StationConfig) -> dict[str, ChannelChain]:
     store = await AsyncStore.open(config.store_url, station="lab-1")
     try:
-        return await Station(config)._chains(store)
+        return await Station(config)._chains(store, at=NOW)
     finally:
         await store.aclose()
 

@@ -263,7 +263,7 @@ async def test_a_register_transformer_calibration_in_another_unit_is_refused(
     store = await AsyncStore.open(config.store_url, station="plant-1")
     try:
         with caplog.at_level(logging.ERROR, logger="gateway.register"):
-            chains = await Station(config)._chains(store)
+            chains = await Station(config)._chains(store, at=NOW)
     finally:
         await store.aclose()
     assert 'CAL-VT: a transformer calibration certificate is in "%"' in caplog.text
