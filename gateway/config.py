@@ -10,7 +10,7 @@ never a traceback. `config/station.example.toml` documents every key.
 import math
 import re
 import tomllib
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -770,7 +770,7 @@ def _check_power_factor(
 
 
 def phase_limit(
-    transformer: TransformerConfig, name: str, certificates: dict[str, CertificateConfig]
+    transformer: TransformerConfig, name: str, certificates: Mapping[str, CertificateConfig]
 ) -> float | None:
     """A CT's or VT's phase displacement limit in minutes, or None where nothing states one.
 

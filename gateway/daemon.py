@@ -214,6 +214,7 @@ class Station:
         self._register_read = asyncio.Event()  # set whenever the register was read again
         self._applying = asyncio.Lock()  # a reload and a date change apply one at a time
         self.register_refreshes = 0
+        self.next_register_change: datetime | None = None  # the dates loop's next instant
         self._chains_in_use: dict[str, ChannelChain] = {}
         self.clock = StationClock()
         self.reloads = 0
@@ -265,7 +266,7 @@ class Station:
         now = datetime.now(UTC)
         days = self.config.register_section.expiry_warning_days
         soon = expiring(self._records, now, days)
-        changes_at = next_change(self._records, self._standards, now)
+        changes_at = self.next_register_change
         return {
             "expiring": [
                 {"certificate": r.number, "subject": r.subject, "expires": rfc3339(r.expires)}
@@ -413,9 +414,8 @@ class Station:
         reload neither loses nor repeats a reading. Changes to [station], [store],
         [upstream] and [signing] take effect at the next restart (said in the log). A file
         with problems changes nothing: each problem is logged with its file, line and key.
-        A register that cannot be read keeps the chains in use (a reload never turns a
-        checked chain into an unchecked one). Returns whether the new configuration was
-        applied.
+        A register that cannot be read keeps the chains in use (`_chains`). Returns whether
+        the new configuration was applied.
         """
         path, store = self.config_path, self._store
         if path is None or store is None:
@@ -445,15 +445,7 @@ class Station:
                     "register_section": new.register_section,
                 }
             )
-            chains = await self._read_chains(store)
-            if chains is None:
-                log.warning(
-                    "reload: the register cannot be read; the chains in use are kept (new "
-                    "channels' chains are unchecked until it can)"
-                )
-                self._without_register()
-                chains = self._chains_in_use
-            changes = await self._use(chains)
+            changes = await self._use(await self._chains(store))
         self.reloads += 1
         log.info("reload %d applied: %s", self.reloads, changes)
         return True
@@ -476,6 +468,7 @@ class Station:
         while True:
             now = datetime.now(UTC)
             changes_at = overdue or next_change(self._records, self._standards, now)
+            self.next_register_change = changes_at
             wait = _DATES_RETRY if overdue else _DATES_RECHECK
             if changes_at is not None and overdue is None:
                 wait = min(wait, (changes_at - now).total_seconds() + _DATES_MARGIN)
@@ -736,14 +729,20 @@ class Station:
         """Resolve each channel's calibration chain from the register, on the store thread.
 
         At start and at every reload (`at`, now unless given): readings are then checked
-        against each chain's validity window. A register that cannot be read leaves every
-        chain unchecked (the certificate alone), said in the log; acquisition does not wait
-        for it.
+        against each chain's validity window. A register that cannot be read keeps the
+        chains in use, said in the log: none at start (every chain unchecked, the certificate
+        alone), and a reload never turns a checked chain into an unchecked one; acquisition
+        does not wait for it.
         """
         chains = await self._read_chains(store, at)
         if chains is None:
+            if self._chains_in_use:
+                log.warning(
+                    "the register cannot be read; the chains in use are kept (new channels' "
+                    "chains are unchecked until it can)"
+                )
             self._without_register()
-            return {}
+            return self._chains_in_use
         return chains
 
     async def _read_chains(
@@ -765,7 +764,7 @@ class Station:
             chains, self._records, self._standards = await store.call(resolve)
             self._register_read.set()
         except (StoreError, SQLAlchemyError, CalibrationError) as exc:
-            log.warning("cannot read the register (%s): calibration chains are unchecked", exc)
+            log.warning("cannot read the register (%s)", exc)
             return None
         for subject, chain in chains.items():
             links = " → ".join(chain.certificate_ids)

@@ -419,7 +419,7 @@ def phase_factor(channel: Channel, certificates: Mapping[str, CertificateConfig]
         if transformer is None:
             limits[name] = 0.0
             continue
-        limit = phase_limit(transformer, name, dict(certificates))
+        limit = phase_limit(transformer, name, certificates)
         if limit is None:
             raise CalibrationError(
                 f"power_factor {channel.power_factor}: the {name.upper()} states no phase "

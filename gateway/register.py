@@ -357,29 +357,19 @@ def resolve_channel_chains(
             chain = ChannelChain.from_result(
                 channel.certificate, result, unit=channel.unit, certificate=model
             )
-            transformers = tuple(
-                found
-                for name in ("ct", "vt")
-                if (transformer := getattr(channel, name)) is not None
-                and transformer.certificate is not None
-                and (
-                    found := _register_model(
-                        engine, f"{subject} {name.upper()}", transformer.certificate, None, in_file
-                    )
-                )
-                is not None
-            )
-            chain = dataclasses.replace(chain, transformer_certificates=transformers)
-            for name in ("ct", "vt"):
-                transformer = getattr(channel, name)
-                if transformer is None or transformer.certificate is None:
-                    continue
+            transformers = []
+            for part, number in _transformer_certificates(channel):
+                found = _register_model(engine, f"{subject} {part}", number, None, in_file)
+                if found is not None:
+                    transformers.append(found)
                 walked = resolve_certificate_chain(
-                    transformer.certificate, at, records=records, standards=standards
+                    number, at, records=records, standards=standards
                 )
                 if walked is not None:
-                    chain = chain.joined(name.upper(), transformer.certificate, walked)
-            chains[subject] = chain
+                    chain = chain.joined(part, number, walked)
+            chains[subject] = dataclasses.replace(
+                chain, transformer_certificates=tuple(transformers)
+            )
     return chains
 
 
