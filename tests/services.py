@@ -5,16 +5,46 @@ Each is started from Debian's binaries in a temporary directory on a free port, 
 never touch a system-wide instance and can stop, freeze or restart their broker at will.
 """
 
+import asyncio
 import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+
+async def spawn_daemon(
+    config: Path,
+    log: Path,
+    *extra: str,
+    prefix: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> asyncio.subprocess.Process:
+    """``metrogate run --config CONFIG`` as a subprocess, its output appended to `log`.
+
+    `prefix` runs it under another command (``ip netns exec …``, ``faketime``); `env` adds
+    to this process's environment.
+    """
+    with log.open("ab") as out:
+        return await asyncio.create_subprocess_exec(
+            *prefix,
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "run",
+            "--config",
+            str(config),
+            *extra,
+            stdout=out,
+            stderr=out,
+            env=None if env is None else {**os.environ, **env},
+        )
 
 
 def free_port() -> int:

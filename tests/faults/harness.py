@@ -56,7 +56,7 @@ from drivers.sim.sbi import SbiSimulator
 from drivers.sim.sdm630 import Sdm630Simulator
 from gateway.stamp import verify_chain
 from gateway.status import read_status
-from tests.services import Mosquitto
+from tests.services import Mosquitto, spawn_daemon
 from tests.subscriber import Collected, subscribed
 
 STATION_ID = "fault-station"
@@ -385,18 +385,9 @@ class FaultBench:
         self.broker.kill()
 
     async def start_daemon(self) -> asyncio.subprocess.Process:
-        with (self.tmp / "daemon.log").open("ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                *self.daemon_prefix,
-                sys.executable,
-                "-m",
-                "gateway.cli",
-                "run",
-                "--config",
-                str(self.config),
-                stdout=log,
-                stderr=log,
-            )
+        self.process = await spawn_daemon(
+            self.config, self.tmp / "daemon.log", prefix=self.daemon_prefix
+        )
         self.daemon_starts += 1
         return self.process
 
@@ -499,6 +490,20 @@ class FaultBench:
             lambda: (s := self.status()).get("time", "") > since and s, "a fresh status file",
             timeout=timeout,
         )  # fmt: skip
+
+    async def connected(self) -> None:
+        """Wait until the daemon says its forwarder is connected to the broker."""
+        await self.until(lambda: self.status().get("broker_connected"), "a connected forwarder")
+
+    async def caught_up(self, seq: int, after: str) -> None:
+        """Wait until the forwarder, connected again, has forwarded up to `seq`."""
+        await self.until(
+            lambda: (
+                (s := self.status()).get("broker_connected") and s.get("forwarded_seq", 0) >= seq
+            ),
+            f"the backlog forwarded {after}",
+            timeout=120.0,
+        )
 
     async def until(
         self, probe: Callable[[], T], what: str, *, timeout: float = 30.0, every: float = 0.1

@@ -56,7 +56,7 @@ async def freeze_broker(bench: FaultBench, scenario: str, freeze: float) -> None
     await readings_of_several_buses(bench)
     await bench.start()
     await bench.wait_stored(50)
-    await bench.until(lambda: bench.status().get("broker_connected"), "a connected forwarder")
+    await bench.connected()
     bench.broker.freeze()  # SIGSTOP: TCP stays up, nothing is answered
     try:
         before, fds = bench.stored_seq(), [bench.open_files()]
@@ -68,14 +68,7 @@ async def freeze_broker(bench: FaultBench, scenario: str, freeze: float) -> None
     finally:
         bench.broker.thaw()
     # After the thaw the forwarder must get going again by itself, within a few reconnects.
-    await bench.until(
-        lambda: (
-            (s := bench.status()).get("broker_connected")
-            and s.get("forwarded_seq", 0) >= before + during
-        ),
-        "the backlog forwarded after the thaw",
-        timeout=120.0,
-    )
+    await bench.caught_up(before + during, "after the thaw")
     counts = await bench.finish(
         scenario,
         freeze_s=freeze,
@@ -106,7 +99,7 @@ async def test_network_to_the_broker_cut(bench: FaultBench) -> None:
         bench.daemon_prefix = link.prefix
         await bench.start()
         await bench.wait_stored(50)
-        await bench.until(lambda: bench.status().get("broker_connected"), "a connected forwarder")
+        await bench.connected()
         link.cut()
         try:
             before = bench.stored_seq()
@@ -115,14 +108,7 @@ async def test_network_to_the_broker_cut(bench: FaultBench) -> None:
             cut_off = bench.status()
         finally:
             link.restore()
-        await bench.until(
-            lambda: (
-                (s := bench.status()).get("broker_connected")
-                and s.get("forwarded_seq", 0) >= before + during
-            ),
-            "the backlog forwarded after the cable was restored",
-            timeout=120.0,
-        )
+        await bench.caught_up(before + during, "after the cable was restored")
         counts = await bench.finish(
             "network-cut",
             cut_s=CUT,

@@ -23,7 +23,7 @@ import pytest
 from drivers.sim.mtsics import MtSicsSimulator
 from gateway.keys import parse_public_keys
 from tests.gateway.test_checkpoints import readme_verify_checkpoint
-from tests.services import Mosquitto
+from tests.services import Mosquitto, spawn_daemon
 from tests.subscriber import Collected, subscribed
 
 STATION = "sig-station"
@@ -80,11 +80,7 @@ class Bench:
         return self.tmp / "data" / "metrogate.db"
 
     async def start(self) -> asyncio.subprocess.Process:
-        with (self.tmp / "daemon.log").open("ab") as log:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config),
-                stdout=log, stderr=log,
-            )  # fmt: skip
+        process = await spawn_daemon(self.config, self.tmp / "daemon.log")
         self.processes.append(process)
         return process
 
