@@ -10,6 +10,18 @@ fi
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
   echo "metrogate needs Python >= 3.11 (found $("$PYTHON" --version 2>&1))" >&2; exit 1; }
 if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
+  if ! "$PYTHON" -m venv .venv; then
+    # Debian and Ubuntu ship venv's pip bootstrap (ensurepip) in a package of its own.
+    rm -rf .venv
+    venv_pkg="python3.$("$PYTHON" -c 'import sys; print(sys.version_info.minor)')-venv"
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get update -qq && apt-get install -y -qq "$venv_pkg" >/dev/null
+      "$PYTHON" -m venv .venv
+    else
+      echo "cannot create .venv: install $venv_pkg (e.g. sudo apt-get install $venv_pkg)" >&2
+      exit 1
+    fi
+  fi
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
